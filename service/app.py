@@ -1,0 +1,157 @@
+"""``create_app(config)``: the FastAPI app, its lifespan, error mapping and request ids.
+
+Models load in the background after the socket opens, so ``/healthz`` answers at once and
+``/readyz`` turns 200 when every replica has run its warm-up batch. A load failure makes
+``/healthz`` fail too (an orchestrator restarts the process) and calls ``on_fatal``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import __version__
+from service.config import ServeConfig
+from service.devices import available_cores
+from service.errors import InvalidParameter, NotFound, ServeError
+from service.logs import REQUEST_ID
+from service.metrics import Metrics
+from service.registry import Registry
+from service.render import error_response
+from service.routes import router
+from service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    config: ServeConfig,
+    *,
+    metrics: Metrics | None = None,
+    on_fatal: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
+    """A ready-to-run app for ``config``; nothing loads until its lifespan starts."""
+    metrics = metrics or Metrics()
+    token = config.server.admin_token or secrets.token_urlsafe(24)
+    if config.server.admin_token is None:
+        log.warning("no MODEL_SERVE_ADMIN_TOKEN set; this run's admin token is %s", token)
+    runtime = Runtime(
+        config=config,
+        registry=Registry(config, metrics),
+        metrics=metrics,
+        workers=ThreadPoolExecutor(max(2, available_cores()), thread_name_prefix="worker"),
+        admin_token=token,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(runtime.registry.start(), name="load-models")
+        loading.add_done_callback(lambda task: _after_load(task, runtime, on_fatal))
+        try:
+            yield
+        finally:
+            runtime.draining = True
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            await runtime.registry.stop()
+            runtime.workers.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="model-serve",
+        version=__version__,
+        lifespan=lifespan,
+        description="Serve PyTorch checkpoints with dynamic batching on every device.",
+    )
+    app.state.runtime = runtime
+    app.include_router(router)
+    _add_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def _after_load(
+    task: asyncio.Task[None], runtime: Runtime, on_fatal: Callable[[BaseException], None] | None
+) -> None:
+    if task.cancelled() or task.exception() is None:
+        return
+    error = task.exception()
+    assert error is not None
+    runtime.startup_error = error
+    log.error("model loading failed; the server cannot become ready: %s", error)
+    if on_fatal is not None:
+        on_fatal(error)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def serve_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServeError)
+        return error_response(exc)
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return error_response(InvalidParameter(details))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error = (
+            NotFound(f"no route {request.method} {request.url.path}")
+            if exc.status_code == 404
+            else ServeError(str(exc.detail))
+        )
+        error.status = exc.status_code
+        error.code = "not_found" if exc.status_code == 404 else "http_error"
+        return error_response(error)
+
+    app.add_exception_handler(ServeError, serve_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (the client's ``X-Request-ID`` when sane) and returns it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._prefix = os.urandom(4).hex()
+        self._counter = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _client_request_id(scope) or self._next_id()
+        REQUEST_ID.set(request_id)
+        header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+    def _next_id(self) -> str:
+        self._counter += 1
+        return f"{self._prefix}-{self._counter:x}"
+
+
+def _client_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text: str = value.decode("latin-1")
+            if 0 < len(text) <= 64 and all(c.isalnum() or c in "-_.:" for c in text):
+                return text
+    return None

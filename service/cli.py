@@ -1,0 +1,138 @@
+"""``model-serve serve`` and ``model-serve inspect``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+import uvicorn
+
+from service.app import create_app
+from service.config import ServeConfig, config_path_from_env, load_config
+from service.devices import available_cores
+from service.errors import ServeError
+from service.logs import configure_logging
+from service.runtime import Runtime
+
+log = logging.getLogger("service")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args.config, host=args.host, port=args.port)
+        return _inspect(args)
+    except ServeError as error:
+        print(f"model-serve: {error.message}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="model-serve", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="serve the configured (or demo) models")
+    serve_cmd.add_argument(
+        "--config", type=Path, default=None, help="YAML config (default: $MODEL_SERVE_CONFIG, else the demo)"
+    )
+    serve_cmd.add_argument("--host", default="127.0.0.1")
+    serve_cmd.add_argument("--port", type=int, default=8000)
+    inspect_cmd = commands.add_parser("inspect", help="what a checkpoint holds; does it load?")
+    inspect_cmd.add_argument("checkpoint", type=Path)
+    inspect_cmd.add_argument("--architecture", help="importable.module:callable")
+    inspect_cmd.add_argument("--init-args", default="{}", help="JSON keyword arguments")
+    inspect_cmd.add_argument(
+        "--trust-pickle", action="store_true", help="allow arbitrary unpickling (only for files you trust)"
+    )
+    return parser
+
+
+def serve(config_path: Path | None, *, host: str, port: int) -> int:
+    """Runs the server until SIGINT/SIGTERM; drains in-flight requests before exiting."""
+    config = _load(config_path)
+    configure_logging(config.server.log_format)
+    torch.set_num_threads(config.server.torch_threads or available_cores())
+    failures: list[BaseException] = []
+    server: DrainingServer | None = None
+
+    def on_fatal(error: BaseException) -> None:
+        failures.append(error)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(config, on_fatal=on_fatal)
+    uvicorn_config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=math.ceil(config.server.drain_grace_s),
+        timeout_keep_alive=30,
+    )
+    server = DrainingServer(uvicorn_config, app.state.runtime)
+    server.run()
+    return 1 if failures else 0
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, but a shutdown signal first turns readiness to 503 (draining)."""
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.runtime.draining:
+            log.info(
+                "signal %d: draining in-flight requests (up to %g s)",
+                sig,
+                self.runtime.config.server.drain_grace_s,
+            )
+        self.runtime.draining = True
+        super().handle_exit(sig, frame)
+
+
+def _load(config_path: Path | None) -> ServeConfig:
+    path = config_path or config_path_from_env()
+    if path is not None:
+        return load_config(path)
+    from service.demo import demo_config
+
+    return demo_config()
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from service.inspection import inspect_checkpoint
+
+    init_args = _json_object(args.init_args)
+    return inspect_checkpoint(
+        args.checkpoint,
+        architecture=args.architecture,
+        init_args=init_args,
+        trust_pickle=args.trust_pickle,
+        out=sys.stdout,
+    )
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ServeError(f"--init-args is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ServeError('--init-args must be a JSON object such as {"num_classes": 10}')
+    return value
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

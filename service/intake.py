@@ -1,0 +1,91 @@
+"""From an HTTP request to the raw image blobs and parameters of a prediction.
+
+The body is read as a stream and refused as soon as it passes the byte limit, so a 200 MB
+upload costs at most the limit in memory. Multipart bodies are split with Starlette's parser,
+bounded in parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from service.errors import BadImage, InvalidParameter, TooLarge, UnsupportedMediaType
+
+MAX_TOP_K = 1000
+IMAGE_TYPES = "image/png, image/jpeg, image/webp, image/bmp, image/gif, image/tiff"
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, or ``TooLarge`` as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadImage(f"Content-Length {declared!r} is not a number")
+        if int(declared) > limit:
+            raise TooLarge(f"the body is {declared} bytes; at most {limit} are accepted")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def image_blobs(request: Request, body: bytes, *, max_images: int) -> list[bytes]:
+    """The images of a request, in order: the raw body, or every multipart part named 'file'."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type.startswith("image/") or media_type == "application/octet-stream":
+        if not body:
+            raise BadImage("the body is empty: send the image bytes, or multipart 'file' parts")
+        return [body]
+    if media_type == "multipart/form-data":
+        return await _multipart_files(request.headers, body, max_images)
+    shown = media_type or "no Content-Type"
+    raise UnsupportedMediaType(
+        f"{shown} is not accepted: send one image with Content-Type {IMAGE_TYPES}, "
+        "or multipart/form-data with one or more parts named 'file'"
+    )
+
+
+async def _multipart_files(headers: Headers, body: bytes, max_images: int) -> list[bytes]:
+    parser = MultiPartParser(headers, _single_chunk(body), max_files=max_images, max_fields=100)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if "Too many" in exc.message:
+            raise TooLarge(f"{exc.message}: at most {max_images} images per request") from None
+        raise BadImage(f"the multipart body does not parse: {exc.message}") from None
+    try:
+        blobs = []
+        for part in form.getlist("file"):
+            if not isinstance(part, UploadFile):
+                raise BadImage("the 'file' parts must be files (filename set), not text fields")
+            blobs.append(await part.read())
+    finally:
+        await form.close()
+    if not blobs:
+        raise BadImage("the multipart body has no part named 'file'")
+    return blobs
+
+
+async def _single_chunk(body: bytes) -> AsyncGenerator[bytes, None]:
+    yield body
+
+
+def parse_top_k(raw: str | None, default: int = 5) -> int:
+    """``top_k`` as a positive integer; a bad value is a 422 that says what is allowed."""
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidParameter(f"top_k must be an integer, got {raw!r}") from None
+    if not 1 <= value <= MAX_TOP_K:
+        raise InvalidParameter(f"top_k must be between 1 and {MAX_TOP_K}, got {value}")
+    return value

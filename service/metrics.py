@@ -1,0 +1,209 @@
+"""Prometheus metrics: every family defined once, against one registry per app.
+
+Labels are bounded: ``model`` is a configured model name (or ``_unknown``), ``code`` an HTTP
+status, ``device`` a configured device, ``reason`` one of the error codes in ``errors.py``.
+Hot-path children are resolved once per model so a request pays for an increment, not a
+label lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+PREFIX = "model_serve_"
+UNKNOWN_MODEL = "_unknown"
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    """The service's metric families; create one per app (registering twice raises)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            f"{PREFIX}requests", "Requests answered, by model and HTTP status.", ["model", "code"], registry=r
+        )
+        self.request_duration = Histogram(
+            f"{PREFIX}request_duration_seconds",
+            "Time from request start to answer.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            f"{PREFIX}batch_size", "Images per forward.", ["model"], buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge(
+            f"{PREFIX}queue_depth", "Images waiting for a replica.", ["model"], registry=r
+        )
+        self.in_flight = Gauge(
+            f"{PREFIX}in_flight_requests", "Predict requests being handled.", ["model"], registry=r
+        )
+        self.inference_duration = Histogram(
+            f"{PREFIX}inference_duration_seconds",
+            "Forward plus postprocess time of one batch.",
+            ["model", "device"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            f"{PREFIX}queue_wait_seconds",
+            "Time a batch's oldest image waited for a replica.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.decode_duration = Histogram(
+            f"{PREFIX}decode_duration_seconds",
+            "Decode and preprocess time of one request.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.images_per_request = Histogram(
+            f"{PREFIX}images_per_request",
+            "Images in one predict request.",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.rejected = Counter(
+            f"{PREFIX}rejected_requests",
+            "Requests refused before inference, by reason.",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            f"{PREFIX}model_info",
+            "The version serving each model (value 1).",
+            ["model", "version", "architecture"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            f"{PREFIX}reloads", "Hot reloads and rollbacks, by outcome.", ["model", "outcome"], registry=r
+        )
+        self.load_duration = Gauge(
+            f"{PREFIX}model_load_duration_seconds",
+            "How long the serving version took to load and warm up.",
+            ["model"],
+            registry=r,
+        )
+        self.ready = Gauge(f"{PREFIX}ready", "1 when every model is loaded and warm, else 0.", registry=r)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        r.register(DeviceMemoryCollector())
+
+    def render(self) -> bytes:
+        """The exposition text of every family."""
+        return generate_latest(self.registry)
+
+    def for_model(self, name: str) -> ModelMetrics:
+        """Children for one configured model, resolved once."""
+        return ModelMetrics(self, name)
+
+    def set_model_info(self, model: str, version: str, architecture: str) -> None:
+        """Exactly one info series per model: the version serving now."""
+        for labels in list(_label_sets(self.model_info)):
+            if labels[0] == model:
+                self.model_info.remove(*labels)
+        self.model_info.labels(model, version, architecture).set(1)
+
+
+class ModelMetrics:
+    """One model's pre-resolved children; what the predict path and replicas touch."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._metrics = metrics
+        self.model = model
+        self._codes: dict[int, Counter] = {}
+        self.request_duration = metrics.request_duration.labels(model)
+        self.batch_size = metrics.batch_size.labels(model)
+        self.queue_wait = metrics.queue_wait.labels(model)
+        self.decode_duration = metrics.decode_duration.labels(model)
+        self.images_per_request = metrics.images_per_request.labels(model)
+        self.in_flight = metrics.in_flight.labels(model)
+        self._inference: dict[str, Histogram] = {}
+
+    def answered(self, code: int, duration_s: float) -> None:
+        counter = self._codes.get(code)
+        if counter is None:
+            counter = self._codes[code] = self._metrics.requests.labels(self.model, str(code))
+        counter.inc()
+        self.request_duration.observe(duration_s)
+
+    def rejected(self, reason: str) -> None:
+        self._metrics.rejected.labels(self.model, reason).inc()
+
+    def observe_batch(self, device: str, size: int, wait_s: float, compute_s: float) -> None:
+        histogram = self._inference.get(device)
+        if histogram is None:
+            histogram = self._inference[device] = self._metrics.inference_duration.labels(self.model, device)
+        histogram.observe(compute_s)
+        self.batch_size.observe(size)
+        self.queue_wait.observe(max(wait_s, 0.0))
+
+    def track_queue(self, depth: Callable[[], float]) -> None:
+        self._metrics.queue_depth.labels(self.model).set_function(depth)
+
+
+class DeviceMemoryCollector(Collector):
+    """Per-GPU memory read at scrape time (nothing when CUDA is absent)."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if not torch.cuda.is_available():
+            return
+        allocated = GaugeMetricFamily(
+            f"{PREFIX}device_memory_bytes", "GPU memory allocated by tensors.", labels=["device"]
+        )
+        reserved = GaugeMetricFamily(
+            f"{PREFIX}device_memory_reserved_bytes",
+            "GPU memory reserved by the caching allocator.",
+            labels=["device"],
+        )
+        for index in range(torch.cuda.device_count()):
+            device = f"cuda:{index}"
+            allocated.add_metric([device], float(torch.cuda.memory_allocated(index)))
+            reserved.add_metric([device], float(torch.cuda.memory_reserved(index)))
+        yield allocated
+        yield reserved
+        yield from _utilization()
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
+
+def _utilization() -> Iterator[GaugeMetricFamily]:
+    """GPU utilisation through NVML, when the driver library is there."""
+    family = GaugeMetricFamily(
+        f"{PREFIX}device_utilization_ratio",
+        "GPU busy fraction over the last sample period (NVML).",
+        labels=["device"],
+    )
+    try:
+        for index in range(torch.cuda.device_count()):
+            family.add_metric([f"cuda:{index}"], torch.cuda.utilization(index) / 100.0)
+    except Exception:  # NVML missing or not permitted: skip the family, keep the scrape
+        return
+    yield family
+
+
+def _label_sets(metric: Gauge) -> Iterator[tuple[str, ...]]:
+    for sample_family in metric.collect():
+        for sample in sample_family.samples:
+            yield tuple(sample.labels[name] for name in ("model", "version", "architecture"))

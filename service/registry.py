@@ -1,0 +1,234 @@
+"""The registry owns each model's versions, replicas and batcher, and swaps versions atomically.
+
+A version is pinned to a request when the request is queued (the batcher's tag), so a swap
+never mixes versions inside one answer, and each answer reports the version that produced it.
+New weights load *beside* the serving ones, are warmed up on every replica, and only then
+become the active version; on any failure the old version keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.architecture import build_model
+from service.batching import DynamicBatcher
+from service.checkpoint import checkpoint_version, load_weights
+from service.config import ModelSpec, ServeConfig
+from service.decode import DecodedImage
+from service.devices import available_cores, resolve_devices
+from service.errors import CheckpointError, InferenceFailed, InvalidParameter, NotFound
+from service.metrics import Metrics, ModelMetrics
+from service.postprocess import Job, Postprocess, classify, segment
+from service.replica import DeviceModel, Replica
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class ModelVersion:
+    """One loaded checkpoint: a copy of the weights on every device of the model."""
+
+    version: str
+    checkpoint: Path
+    loaded_at: float
+    load_seconds: float
+    device_models: dict[str, DeviceModel]
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """Everything that serves one configured model; the predict path only reads it."""
+
+    name: str
+    spec: ModelSpec
+    batcher: DynamicBatcher[Job]
+    replicas: list[Replica]
+    metrics: ModelMetrics
+    postprocess: Postprocess
+    active: ModelVersion | None = None
+    previous: ModelVersion | None = None
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def devices(self) -> list[str]:
+        return [replica.device_key for replica in self.replicas]
+
+    def describe(self) -> dict[str, Any]:
+        """The public description served by ``GET /models``."""
+        active = self.active
+        return {
+            "name": self.name,
+            "task": self.spec.task,
+            "version": active.version if active else None,
+            "previous_version": self.previous.version if self.previous else None,
+            "architecture": self.spec.architecture,
+            "checkpoint": active.checkpoint.name if active else self.spec.checkpoint.name,
+            "devices": self.devices,
+            "batching": self.spec.batching.model_dump(),
+            "input": self.spec.input.model_dump(),
+            "labels": list(self.spec.labels) if self.spec.labels else None,
+            "loaded_at": _iso(active.loaded_at) if active else None,
+            "ready": active is not None,
+        }
+
+
+class Registry:
+    """All served models; created from the config, started and stopped by the app's lifespan."""
+
+    def __init__(self, config: ServeConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.models: dict[str, ServedModel] = {}
+        self.ready = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def get(self, name: str | None) -> ServedModel:
+        """The named model (the default one for ``None``); 404 when unknown."""
+        key = name or self.config.default_model_name
+        served = self.models.get(key)
+        if served is None:
+            raise NotFound(f"no model named {key!r}; loaded models: {sorted(self.models)}")
+        return served
+
+    async def start(self) -> None:
+        """Builds replicas, loads and warms up every model, then starts serving."""
+        for name, spec in self.config.models.items():
+            self.models[name] = self._build(name, spec)
+        for served in self.models.values():
+            version = await self._load_and_warm(served, served.spec.checkpoint)
+            self._activate(served, version)
+            for replica in served.replicas:
+                task = asyncio.create_task(
+                    replica.serve(served.batcher, served.postprocess, served.metrics.observe_batch),
+                    name=f"replica-{replica.model_name}-{replica.device_key}",
+                )
+                self._tasks.append(task)
+        self.ready = True
+        self.metrics.ready.set(1)
+
+    async def stop(self) -> None:
+        """Cancels the replica loops (failing what they hold) and joins their threads."""
+        self.ready = False
+        self.metrics.ready.set(0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for served in self.models.values():
+            for replica in served.replicas:
+                await asyncio.to_thread(replica.close)
+
+    async def reload(self, name: str, checkpoint: Path) -> tuple[str | None, str]:
+        """Loads ``checkpoint`` beside the serving weights, checks it, swaps it in."""
+        served = self.get(name)
+        async with served.reload_lock:
+            previous = served.active.version if served.active else None
+            try:
+                version = await self._load_and_warm(served, checkpoint)
+            except Exception:
+                self.metrics.reloads.labels(name, "failure").inc()
+                raise
+            self._activate(served, version)
+            self.metrics.reloads.labels(name, "success").inc()
+            return previous, version.version
+
+    async def rollback(self, name: str) -> tuple[str, str]:
+        """Swaps the previous version back in (it stays in memory for this)."""
+        served = self.get(name)
+        async with served.reload_lock:
+            if served.previous is None or served.active is None:
+                raise InvalidParameter(f"model {name!r} has no previous version to roll back to")
+            current = served.active
+            self._activate(served, served.previous)
+            self.metrics.reloads.labels(name, "rollback").inc()
+            return current.version, served.active.version
+
+    def _build(self, name: str, spec: ModelSpec) -> ServedModel:
+        devices = resolve_devices(spec.devices)
+        threads = self.config.server.torch_threads or available_cores()
+        size = spec.input.size
+        replicas = [
+            Replica(
+                name,
+                device,
+                input_shape=(spec.input.channels, size[0], size[1]),
+                max_batch_size=spec.batching.max_batch_size,
+                torch_threads=threads,
+            )
+            for device in devices
+        ]
+        batcher: DynamicBatcher[Job] = DynamicBatcher(
+            max_batch_size=spec.batching.max_batch_size,
+            max_delay_s=spec.batching.max_delay_s,
+            max_queue_size=spec.batching.max_queue_size,
+        )
+        metrics = self.metrics.for_model(name)
+        metrics.track_queue(lambda: batcher.depth)
+        postprocess = classify if spec.task == "classification" else segment
+        return ServedModel(name, spec, batcher, replicas, metrics, postprocess)
+
+    async def _load_and_warm(self, served: ServedModel, checkpoint: Path) -> ModelVersion:
+        started = time.monotonic()
+        version = await asyncio.to_thread(_load_version, served.spec, checkpoint, served.replicas)
+        jobs = _warm_up_jobs(served.spec)
+        for replica in served.replicas:
+            finite = await asyncio.wrap_future(replica.submit(version, jobs, _check_finite))
+            if not all(finite):
+                raise CheckpointError(
+                    f"{checkpoint.name}: the warm-up forward on {replica.device_key} gave "
+                    "non-finite outputs (NaN or inf); the weights are not served"
+                )
+        return ModelVersion(
+            version.version,
+            version.checkpoint,
+            time.time(),
+            time.monotonic() - started,
+            version.device_models,
+        )
+
+    def _activate(self, served: ServedModel, version: ModelVersion) -> None:
+        if served.active is not None and served.active is not version:
+            served.previous = served.active
+        served.active = version
+        self.metrics.set_model_info(served.name, version.version, served.spec.architecture)
+        self.metrics.load_duration.labels(served.name).set(version.load_seconds)
+        log.info("model %s serving version %s from %s", served.name, version.version, version.checkpoint)
+
+
+def _load_version(spec: ModelSpec, checkpoint: Path, replicas: Sequence[Replica]) -> ModelVersion:
+    """Blocking: a fresh copy of the architecture per device with the checkpoint's weights."""
+    started = time.monotonic()
+    version = checkpoint_version(checkpoint)
+    device_models = {}
+    for replica in replicas:
+        module = build_model(spec.architecture, spec.init_args)
+        load_weights(module, checkpoint, device=replica.device, trust_pickle=spec.trust_pickle)
+        device_models[replica.device_key] = DeviceModel(module, spec, replica.device)
+    return ModelVersion(version, checkpoint, time.time(), time.monotonic() - started, device_models)
+
+
+def _warm_up_jobs(spec: ModelSpec) -> list[Job]:
+    """A full batch of deterministic noise images, so the largest batch is known to fit."""
+    height, width = spec.input.size
+    rng = np.random.default_rng(0)
+    pixels = torch.from_numpy(rng.integers(0, 256, (spec.input.channels, height, width), dtype=np.uint8))
+    image = DecodedImage(pixels, width, height)
+    return [Job(image, 1)] * spec.batching.max_batch_size
+
+
+def _check_finite(logits: torch.Tensor, jobs: Sequence[Job]) -> list[bool]:
+    if not isinstance(logits, torch.Tensor):
+        raise InferenceFailed("the model's output is not a tensor")
+    return [bool(torch.isfinite(logits).all())] * len(jobs)
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))

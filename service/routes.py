@@ -1,0 +1,237 @@
+"""HTTP routes: each handler looks its objects up on the runtime and hands work down the line
+route -> decode (worker pool) -> batcher -> replica -> postprocess -> response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.responses import Response
+
+from service import schemas
+from service.checkpoint_paths import resolve_checkpoint
+from service.decode import decode_images
+from service.errors import (
+    ClientGone,
+    InvalidParameter,
+    NotReady,
+    PredictionTimeout,
+    ServeError,
+    Unauthorized,
+)
+from service.intake import image_blobs, parse_top_k, read_body
+from service.postprocess import Job, mask_png
+from service.registry import ServedModel
+from service.render import classification_body, error_response, json_response, segmentation_body
+from service.runtime import Runtime
+
+router = APIRouter()
+
+
+def get_runtime(request: Request) -> Runtime:
+    """The app's runtime (set by ``create_app``): handlers never touch module globals."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+@router.post(
+    "/predict",
+    response_class=Response,
+    summary="Predict on one or more images",
+    responses=schemas.PREDICT_RESPONSES,
+    openapi_extra=schemas.PREDICT_OPENAPI,
+)
+async def predict(request: Request) -> Response:
+    """Images in (raw body or multipart ``file`` parts), predictions out, in order."""
+    runtime = get_runtime(request)
+    started = time.monotonic()
+    name = request.query_params.get("model") or runtime.config.default_model_name
+    served = runtime.registry.models.get(name)
+    metrics = served.metrics if served is not None else runtime.unknown_model_metrics
+    metrics.in_flight.inc()
+    try:
+        response = await _predict(runtime, request, served or runtime.registry.get(name))
+    except ServeError as error:
+        if error.status != 500:
+            metrics.rejected(error.code)
+        response = error_response(error)
+    finally:
+        metrics.in_flight.dec()
+    metrics.answered(response.status_code, time.monotonic() - started)
+    return response
+
+
+async def _predict(runtime: Runtime, request: Request, served: ServedModel) -> Response:
+    version = served.active
+    if version is None or runtime.draining:
+        raise NotReady(f"model {served.name!r} is not ready yet; retry shortly", headers={"Retry-After": "1"})
+    top_k = parse_top_k(request.query_params.get("top_k"))
+    server = runtime.config.server
+    body = await read_body(request, server.max_body_bytes)
+    blobs = await image_blobs(request, body, max_images=server.max_images_per_request)
+    loop = asyncio.get_running_loop()
+    decode_started = time.monotonic()
+    images = await loop.run_in_executor(runtime.workers, _decode, blobs, served, server.max_image_pixels)
+    served.metrics.decode_duration.observe(time.monotonic() - decode_started)
+    served.metrics.images_per_request.observe(len(images))
+    future = served.batcher.submit([Job(image, top_k) for image in images], tag=version)
+    outputs = await _await_outputs(future, request, server.request_timeout_s)
+    if served.spec.task == "classification":
+        predictions = classification_body(outputs, served.spec.labels)
+        return _prediction_response(served, version.version, predictions)
+    pngs = await loop.run_in_executor(runtime.workers, _encode_masks, outputs)
+    if len(pngs) == 1 and "image/png" in request.headers.get("accept", ""):
+        return Response(
+            pngs[0],
+            media_type="image/png",
+            headers={"X-Model": served.name, "X-Model-Version": version.version},
+        )
+    return _prediction_response(served, version.version, segmentation_body(outputs, pngs))
+
+
+def _decode(blobs: list[bytes], served: ServedModel, max_pixels: int) -> list[Any]:
+    return decode_images(blobs, served.spec.input, max_pixels=max_pixels)
+
+
+def _encode_masks(outputs: list[Any]) -> list[bytes]:
+    return [mask_png(output.mask) for output in outputs]
+
+
+def _prediction_response(served: ServedModel, version: str, predictions: list[Any]) -> Response:
+    return json_response(
+        {"model": served.name, "version": version, "task": served.spec.task, "predictions": predictions}
+    )
+
+
+async def _await_outputs(future: asyncio.Future[list[Any]], request: Request, timeout_s: float) -> list[Any]:
+    """The batch outputs, a 504 at the deadline, or ``ClientGone`` if the client hung up.
+
+    Settling the future early also drops the request's queued images: the batcher skips
+    items whose future is done.
+    """
+    loop = asyncio.get_running_loop()
+    timer = loop.call_later(
+        timeout_s,
+        _settle,
+        future,
+        PredictionTimeout(f"no prediction within {timeout_s:g} s; the server is overloaded, retry later"),
+    )
+    watcher = loop.create_task(_watch_disconnect(request, future))
+    try:
+        return await future
+    finally:
+        timer.cancel()
+        watcher.cancel()
+
+
+async def _watch_disconnect(request: Request, future: asyncio.Future[list[Any]]) -> None:
+    message = await request.receive()
+    if message["type"] == "http.disconnect":
+        _settle(future, ClientGone("the client disconnected"))
+
+
+def _settle(future: asyncio.Future[list[Any]], error: ServeError) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+@router.get("/models", summary="Loaded models", response_model=schemas.ModelList)
+async def list_models(runtime: RuntimeDep) -> dict[str, Any]:
+    return {"models": [served.describe() for served in runtime.registry.models.values()]}
+
+
+@router.get(
+    "/models/{name}",
+    summary="One loaded model",
+    response_model=schemas.ModelInfo,
+    responses={404: {"model": schemas.ErrorBody}},
+)
+async def get_model(name: str, runtime: RuntimeDep) -> dict[str, Any]:
+    return runtime.registry.get(name).describe()
+
+
+def require_admin(request: Request, runtime: RuntimeDep) -> None:
+    """``Authorization: Bearer <token>``, compared in constant time."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise Unauthorized("admin routes need 'Authorization: Bearer <MODEL_SERVE_ADMIN_TOKEN>'")
+    if not hmac.compare_digest(given.strip().encode(), runtime.admin_token.encode()):
+        raise Unauthorized("the admin token is wrong")
+
+
+@router.post(
+    "/models/{name}/reload",
+    summary="Hot-reload a model's checkpoint",
+    response_model=schemas.ReloadAnswer,
+    dependencies=[Depends(require_admin)],
+    responses=schemas.ADMIN_RESPONSES,
+)
+async def reload_model(name: str, request: Request, runtime: RuntimeDep) -> dict[str, Any]:
+    served = runtime.registry.get(name)
+    reload_request = await _reload_request(request)
+    path = (
+        resolve_checkpoint(runtime.config.checkpoint_root, reload_request.checkpoint)
+        if reload_request.checkpoint
+        else served.spec.checkpoint
+    )
+    previous, version = await runtime.registry.reload(name, path)
+    return {"model": name, "previous_version": previous, "version": version}
+
+
+async def _reload_request(request: Request) -> schemas.ReloadRequest:
+    body = await request.body()
+    if not body.strip():
+        return schemas.ReloadRequest()
+    try:
+        return schemas.ReloadRequest.model_validate_json(body)
+    except ValueError as exc:
+        raise InvalidParameter(f'the body must be JSON like {{"checkpoint": "path"}}: {exc}') from None
+
+
+@router.post(
+    "/models/{name}/rollback",
+    summary="Restore the previous version",
+    response_model=schemas.ReloadAnswer,
+    dependencies=[Depends(require_admin)],
+    responses=schemas.ADMIN_RESPONSES,
+)
+async def rollback_model(name: str, runtime: RuntimeDep) -> dict[str, Any]:
+    previous, version = await runtime.registry.rollback(name)
+    return {"model": name, "previous_version": previous, "version": version}
+
+
+@router.get(
+    "/healthz",
+    summary="Liveness: 200 while the process is alive and can serve",
+    responses={503: {"model": schemas.ErrorBody}},
+)
+async def healthz(runtime: RuntimeDep) -> Response:
+    if runtime.startup_error is not None:
+        return error_response(NotReady(f"model loading failed: {runtime.startup_error}"))
+    return json_response({"status": "ok"})
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: 200 once every model is loaded and warm",
+    responses={503: {"model": schemas.ErrorBody}},
+)
+async def readyz(runtime: RuntimeDep) -> Response:
+    if runtime.draining:
+        return error_response(NotReady("the server is draining before shutdown"))
+    if not runtime.registry.ready:
+        return error_response(NotReady("models are still loading and warming up"))
+    return json_response({"status": "ready", "models": sorted(runtime.registry.models)})
+
+
+@router.get("/metrics", summary="Prometheus text exposition", response_class=Response)
+async def metrics(runtime: RuntimeDep) -> Response:
+    return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,153 @@
+"""Answer schemas for the OpenAPI page (and the reload request body).
+
+The predict path writes its JSON with orjson directly; these models document that JSON, and
+the tests check the served answers against them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable error code, e.g. bad_image, queue_full")
+    message: str = Field(description="what went wrong and what to do")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class ClassScore(BaseModel):
+    label: str
+    class_index: int
+    score: float
+
+
+class ClassPrediction(ClassScore):
+    top_k: list[ClassScore] = Field(description="best first")
+
+
+class SegmentationPrediction(BaseModel):
+    width: int
+    height: int
+    mask_png_base64: str = Field(description="single-channel PNG; pixel value = class index")
+    class_pixel_counts: dict[str, int]
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: str = Field(description="first 12 hex digits of the checkpoint's SHA-256")
+    task: Literal["classification", "segmentation"]
+    predictions: list[ClassPrediction] | list[SegmentationPrediction]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    task: str
+    version: str | None
+    previous_version: str | None
+    architecture: str
+    checkpoint: str
+    devices: list[str]
+    batching: dict[str, Any]
+    input: dict[str, Any]
+    labels: list[str] | None
+    loaded_at: str | None
+    ready: bool
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str | None = Field(
+        None, description="path under checkpoint_root; default: the configured checkpoint"
+    )
+
+
+class ReloadAnswer(BaseModel):
+    model: str
+    previous_version: str | None
+    version: str
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": PredictResponse,
+        "description": "predictions in request order",
+        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    400: _error("no image, or an image that does not decode"),
+    404: _error("unknown model"),
+    413: _error("body too large, too many images, or too many pixels"),
+    415: _error("unsupported media type"),
+    422: _error("invalid parameters"),
+    499: _error("the client disconnected (not sent)"),
+    500: _error("the model failed on this batch"),
+    503: _error("queue full (with Retry-After) or not ready"),
+    504: _error("the prediction timed out"),
+}
+
+ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _error("missing or wrong admin token"),
+    403: _error("checkpoint path outside checkpoint_root"),
+    404: _error("unknown model or checkpoint file"),
+    422: _error("the checkpoint does not load into the architecture, or a bad body"),
+}
+
+_IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
+
+PREDICT_OPENAPI: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "model",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "model name; default: the configured default model",
+        },
+        {
+            "name": "top_k",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
+            "description": "classification: how many classes to return per image",
+        },
+        {
+            "name": "Accept",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "image/png: a segmentation of one image answers with the mask PNG",
+        },
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "image/png": _IMAGE_BODY,
+            "image/jpeg": _IMAGE_BODY,
+            "image/webp": _IMAGE_BODY,
+            "image/bmp": _IMAGE_BODY,
+            "image/gif": _IMAGE_BODY,
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            },
+        },
+    },
+}
