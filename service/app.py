@@ -115,7 +115,12 @@ def _add_error_handlers(app: FastAPI) -> None:
         error.code = "not_found" if exc.status_code == 404 else "http_error"
         return error_response(error)
 
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(ServeError(f"internal error: {type(exc).__name__}; see the server log"))
+
     app.add_exception_handler(ServeError, serve_error)
+    app.add_exception_handler(Exception, unexpected_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
 

@@ -92,6 +92,7 @@ class ServerSpec(_Frozen):
     request_timeout_s: float = Field(30.0, gt=0)
     drain_grace_s: float = Field(20.0, ge=0)
     torch_threads: int | None = Field(None, ge=1, description="CPU replicas' intra-op threads")
+    watch_interval_s: float = Field(1.0, gt=0, description="how often watched checkpoints are checked")
     log_format: Literal["text", "json"] = "text"
     admin_token: str | None = Field(None, repr=False)
 

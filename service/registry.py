@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +25,11 @@ from service.checkpoint import checkpoint_version, load_weights
 from service.config import ModelSpec, ServeConfig
 from service.decode import DecodedImage
 from service.devices import available_cores, resolve_devices
-from service.errors import CheckpointError, InferenceFailed, InvalidParameter, NotFound
+from service.errors import CheckpointError, InferenceFailed, InvalidParameter, NotFound, ServeError
 from service.metrics import Metrics, ModelMetrics
 from service.postprocess import Job, Postprocess, classify, segment
 from service.replica import DeviceModel, Replica
+from service.watcher import watch_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class ModelVersion:
     checkpoint: Path
     loaded_at: float
     load_seconds: float
-    device_models: dict[str, DeviceModel]
+    device_models: tuple[DeviceModel, ...]  # one per replica, in replica order
 
 
 @dataclass(eq=False)
@@ -73,6 +74,10 @@ class ServedModel:
             "architecture": self.spec.architecture,
             "checkpoint": active.checkpoint.name if active else self.spec.checkpoint.name,
             "devices": self.devices,
+            "replicas": [
+                {"device": replica.device_key, "batches": replica.batches_served, "busy": replica.busy}
+                for replica in self.replicas
+            ],
             "batching": self.spec.batching.model_dump(),
             "input": self.spec.input.model_dump(),
             "labels": list(self.spec.labels) if self.spec.labels else None,
@@ -112,8 +117,19 @@ class Registry:
                     name=f"replica-{replica.model_name}-{replica.device_key}",
                 )
                 self._tasks.append(task)
+            if served.spec.watch:
+                self._tasks.append(asyncio.create_task(self._watch(served), name=f"watch-{served.name}"))
         self.ready = True
         self.metrics.ready.set(1)
+
+    def _watch(self, served: ServedModel) -> Coroutine[Any, Any, None]:
+        def current() -> str | None:
+            return served.active.version if served.active else None
+
+        async def reload(path: Path) -> object:
+            return await self.reload(served.name, path)
+
+        return watch_checkpoint(served.spec.checkpoint, current, reload, self.config.server.watch_interval_s)
 
     async def stop(self) -> None:
         """Cancels the replica loops (failing what they hold) and joins their threads."""
@@ -133,9 +149,12 @@ class Registry:
             previous = served.active.version if served.active else None
             try:
                 version = await self._load_and_warm(served, checkpoint)
-            except Exception:
+            except ServeError:
                 self.metrics.reloads.labels(name, "failure").inc()
                 raise
+            except Exception as exc:
+                self.metrics.reloads.labels(name, "failure").inc()
+                raise CheckpointError(f"{checkpoint.name} failed: {type(exc).__name__}: {exc}") from exc
             self._activate(served, version)
             self.metrics.reloads.labels(name, "success").inc()
             return previous, version.version
@@ -153,17 +172,19 @@ class Registry:
 
     def _build(self, name: str, spec: ModelSpec) -> ServedModel:
         devices = resolve_devices(spec.devices)
-        threads = self.config.server.torch_threads or available_cores()
+        cpu_replicas = sum(device.type == "cpu" for device in devices) or 1
+        threads = self.config.server.torch_threads or max(1, available_cores() // cpu_replicas)
         size = spec.input.size
         replicas = [
             Replica(
+                slot,
                 name,
                 device,
-                input_shape=(spec.input.channels, size[0], size[1]),
+                input_shape=(size[0], size[1], spec.input.channels),
                 max_batch_size=spec.batching.max_batch_size,
                 torch_threads=threads,
             )
-            for device in devices
+            for slot, device in enumerate(devices)
         ]
         batcher: DynamicBatcher[Job] = DynamicBatcher(
             max_batch_size=spec.batching.max_batch_size,
@@ -207,19 +228,19 @@ def _load_version(spec: ModelSpec, checkpoint: Path, replicas: Sequence[Replica]
     """Blocking: a fresh copy of the architecture per device with the checkpoint's weights."""
     started = time.monotonic()
     version = checkpoint_version(checkpoint)
-    device_models = {}
+    device_models = []
     for replica in replicas:
         module = build_model(spec.architecture, spec.init_args)
         load_weights(module, checkpoint, device=replica.device, trust_pickle=spec.trust_pickle)
-        device_models[replica.device_key] = DeviceModel(module, spec, replica.device)
-    return ModelVersion(version, checkpoint, time.time(), time.monotonic() - started, device_models)
+        device_models.append(DeviceModel(module, spec, replica.device))
+    return ModelVersion(version, checkpoint, time.time(), time.monotonic() - started, tuple(device_models))
 
 
 def _warm_up_jobs(spec: ModelSpec) -> list[Job]:
     """A full batch of deterministic noise images, so the largest batch is known to fit."""
     height, width = spec.input.size
     rng = np.random.default_rng(0)
-    pixels = torch.from_numpy(rng.integers(0, 256, (spec.input.channels, height, width), dtype=np.uint8))
+    pixels = torch.from_numpy(rng.integers(0, 256, (height, width, spec.input.channels), dtype=np.uint8))
     image = DecodedImage(pixels, width, height)
     return [Job(image, 1)] * spec.batching.max_batch_size
 

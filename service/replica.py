@@ -44,8 +44,8 @@ class DeviceModel:
         self._shift = (-mean / std).view(1, -1, 1, 1).to(device, self.dtype)
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 [N, C, H, W] on this device -> the logits tensor."""
-        inputs = pixels.to(self.dtype).mul_(self._scale).add_(self._shift)
+        """uint8 [N, H, W, C] on this device -> the logits tensor."""
+        inputs = pixels.permute(0, 3, 1, 2).to(self.dtype).mul_(self._scale).add_(self._shift)
         return select_logits(self.module(inputs), self.output_key)
 
 
@@ -59,13 +59,15 @@ class Replica:
 
     def __init__(
         self,
+        slot: int,
         model_name: str,
         device: torch.device,
         *,
-        input_shape: tuple[int, int, int],
+        input_shape: tuple[int, int, int],  # H, W, C
         max_batch_size: int,
         torch_threads: int | None = None,
     ) -> None:
+        self.slot = slot  # this replica's index into a version's device_models
         self.model_name = model_name
         self.device = device
         self.device_key = str(device)
@@ -73,7 +75,7 @@ class Replica:
         self.batches_served = 0
         self._executor = ThreadPoolExecutor(
             1,
-            thread_name_prefix=f"replica-{model_name}-{device}",
+            thread_name_prefix=f"replica-{model_name}-{slot}-{device}",
             initializer=_init_thread,
             initargs=(torch_threads if device.type == "cpu" else None,),
         )
@@ -113,7 +115,7 @@ class Replica:
 
     def run(self, version: Any, jobs: Sequence[Job], postprocess: Postprocess) -> list[Any]:
         """Blocking: forward + postprocess of one batch on this replica's thread."""
-        model: DeviceModel = version.device_models[self.device_key]
+        model: DeviceModel = version.device_models[self.slot]
         with torch.inference_mode():
             if self._stream is None:
                 return self._run_splitting(model, jobs, postprocess)

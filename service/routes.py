@@ -7,15 +7,17 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from service import schemas
 from service.checkpoint_paths import resolve_checkpoint
-from service.decode import decode_images
+from service.decode import is_tiny, open_image, prepare_images
 from service.errors import (
     ClientGone,
     InvalidParameter,
@@ -42,13 +44,16 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-@router.post(
-    "/predict",
-    response_class=Response,
-    summary="Predict on one or more images",
-    responses=schemas.PREDICT_RESPONSES,
-    openapi_extra=schemas.PREDICT_OPENAPI,
-)
+class DirectRoute(APIRoute):
+    """Documented like any route, but the endpoint takes the Request and returns the Response
+    itself: no dependency solving or response validation on the hot path (about 0.1 ms a
+    request here, as much as the digits model's forward)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
+        return endpoint
+
+
 async def predict(request: Request) -> Response:
     """Images in (raw body or multipart ``file`` parts), predictions out, in order."""
     runtime = get_runtime(request)
@@ -69,6 +74,18 @@ async def predict(request: Request) -> Response:
     return response
 
 
+router.add_api_route(
+    "/predict",
+    predict,
+    methods=["POST"],
+    route_class_override=DirectRoute,
+    response_class=Response,
+    summary="Predict on one or more images",
+    responses=schemas.PREDICT_RESPONSES,
+    openapi_extra=schemas.PREDICT_OPENAPI,
+)
+
+
 async def _predict(runtime: Runtime, request: Request, served: ServedModel) -> Response:
     version = served.active
     if version is None or runtime.draining:
@@ -79,7 +96,11 @@ async def _predict(runtime: Runtime, request: Request, served: ServedModel) -> R
     blobs = await image_blobs(request, body, max_images=server.max_images_per_request)
     loop = asyncio.get_running_loop()
     decode_started = time.monotonic()
-    images = await loop.run_in_executor(runtime.workers, _decode, blobs, served, server.max_image_pixels)
+    opened = [open_image(blob, max_pixels=server.max_image_pixels) for blob in blobs]
+    if is_tiny(opened):
+        images = prepare_images(opened, served.spec.input)
+    else:
+        images = await loop.run_in_executor(runtime.workers, prepare_images, opened, served.spec.input)
     served.metrics.decode_duration.observe(time.monotonic() - decode_started)
     served.metrics.images_per_request.observe(len(images))
     future = served.batcher.submit([Job(image, top_k) for image in images], tag=version)
@@ -95,10 +116,6 @@ async def _predict(runtime: Runtime, request: Request, served: ServedModel) -> R
             headers={"X-Model": served.name, "X-Model-Version": version.version},
         )
     return _prediction_response(served, version.version, segmentation_body(outputs, pngs))
-
-
-def _decode(blobs: list[bytes], served: ServedModel, max_pixels: int) -> list[Any]:
-    return decode_images(blobs, served.spec.input, max_pixels=max_pixels)
 
 
 def _encode_masks(outputs: list[Any]) -> list[bytes]:

@@ -44,6 +44,12 @@ class PredictResponse(BaseModel):
     predictions: list[ClassPrediction] | list[SegmentationPrediction]
 
 
+class ReplicaInfo(BaseModel):
+    device: str
+    batches: int = Field(description="batches this replica has run since start")
+    busy: bool
+
+
 class ModelInfo(BaseModel):
     name: str
     task: str
@@ -52,6 +58,7 @@ class ModelInfo(BaseModel):
     architecture: str
     checkpoint: str
     devices: list[str]
+    replicas: list[ReplicaInfo]
     batching: dict[str, Any]
     input: dict[str, Any]
     labels: list[str] | None

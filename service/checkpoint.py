@@ -1,0 +1,339 @@
+"""The one checkpoint pipeline, shared by the server and ``inspect``.
+
+open (``weights_only`` or safetensors) -> unwrap -> strip a prefix only if every key then
+matches -> strict load -> report mismatches by name. Nothing here keeps state between calls, so
+a fresh model can be loaded beside a copy that is serving (hot reload).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from service.errors import CheckpointError
+
+CheckpointFormat = Literal["torch", "safetensors"]
+StateDict = dict[str, torch.Tensor]
+ShapeMismatch = tuple[str, tuple[int, ...], tuple[int, ...]]
+"""(model key, shape in the checkpoint, shape in the model)."""
+
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+"""Keys under which training scripts nest the state dict, in the order they are preferred."""
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+# torch.save's legacy format starts with torch.serialization.MAGIC_NUMBER pickled (protocol 2).
+_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+_CHUNK_BYTES = 1 << 20
+_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class RawCheckpoint:
+    """A checkpoint file opened and unwrapped; ``state_dict`` keys are as saved (prefix intact)."""
+
+    path: Path
+    format: CheckpointFormat
+    wrapper_key: str | None
+    ignored_keys: tuple[str, ...]
+    state_dict: StateDict
+    storage_devices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KeyMatch:
+    """How checkpoint keys line up with a model's: unexpected keys as saved, the rest as the model's."""
+
+    stripped_prefix: str
+    missing: tuple[str, ...]
+    unexpected: tuple[str, ...]
+    shape_mismatches: tuple[ShapeMismatch, ...]
+    rejected_prefixes: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when a strict ``load_state_dict`` of the stripped keys will succeed."""
+        return not (self.missing or self.unexpected or self.shape_mismatches)
+
+    def describe(self) -> str:
+        """A multi-line report: counts, the first few keys of each kind, and what to try."""
+        prefix = self.stripped_prefix
+        strip = f" after stripping the prefix {prefix!r}" if prefix else ""
+        if self.ok:
+            return f"every checkpoint key matches the model{strip}"
+        lines = [
+            f"checkpoint keys do not match the model{strip}: {len(self.missing)} missing, "
+            f"{len(self.unexpected)} unexpected, {len(self.shape_mismatches)} with the wrong shape"
+        ]
+        lines += _listing("missing from the checkpoint", self.missing)
+        lines += _listing("unexpected in the checkpoint", self.unexpected)
+        lines += _listing("wrong shape", [
+            f"{key}: checkpoint {list(saved)}, model {list(wanted)}"
+            for key, saved, wanted in self.shape_mismatches
+        ])
+        if self.rejected_prefixes:
+            shared = ", ".join(repr(prefix) for prefix in self.rejected_prefixes)
+            lines.append(f"  every checkpoint key starts with {shared}, but stripping it does not "
+                         "make the keys match the model's, so nothing was stripped")
+        lines.append(f"hint: {self._hint()}")
+        return "\n".join(lines)
+
+    def _hint(self) -> str:
+        if not (self.missing or self.unexpected):
+            return ("the layers match but their sizes do not: check init_args (e.g. num_classes, "
+                    "channels) against the run that saved the checkpoint")
+        if self.missing and self.unexpected:
+            return ("the key names differ: check `architecture` (is this the model that was "
+                    "saved?), and whether the saved keys carry a prefix or naming of their own")
+        return ("some tensors are absent on one side: check `architecture` and init_args "
+                "(optional heads or layers enabled differently when saving)")
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What ``load_weights`` loaded; ``dtypes`` are the checkpoint's tensor dtypes."""
+
+    path: Path
+    version: str
+    format: CheckpointFormat
+    wrapper_key: str | None
+    stripped_prefix: str
+    storage_devices: tuple[str, ...]
+    parameter_count: int
+    dtypes: tuple[str, ...]
+
+
+def checkpoint_version(path: Path) -> str:
+    """The first 12 hex digits of the file's SHA-256, read in chunks."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as file:
+            for chunk in iter(lambda: file.read(_CHUNK_BYTES), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+    return digest.hexdigest()[:12]
+
+
+def read_checkpoint(path: Path, *, map_location: torch.device | str = "cpu",
+                    trust_pickle: bool = False) -> RawCheckpoint:
+    """Open and unwrap ``path``; tensors land on ``map_location`` whatever device saved them."""
+    file_format = _sniff(path)
+    if file_format == "safetensors":
+        try:
+            loaded: object = load_file(path, device=str(map_location))
+        except Exception as exc:  # safetensors raises its own error types for bad files
+            raise CheckpointError(f"cannot read {path} as safetensors: {exc}") from exc
+        devices: tuple[str, ...] = ("cpu",)
+    else:
+        loaded, devices = _read_torch(path, str(map_location), trust_pickle)
+    wrapper_key, ignored, state_dict = _unwrap(loaded, path)
+    return RawCheckpoint(path, file_format, wrapper_key, ignored, state_dict, devices)
+
+
+def shared_prefixes(keys: Sequence[str]) -> tuple[str, ...]:
+    """Every dotted prefix that all ``keys`` start with, shortest first ("module.", ...)."""
+    if not keys:
+        return ()
+    parts = keys[0].split(".")[:-1]
+    found: list[str] = []
+    for count in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:count]) + "."
+        if not all(key.startswith(prefix) for key in keys):
+            break
+        found.append(prefix)
+    return tuple(found)
+
+
+def match_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> KeyMatch:
+    """Match keys strictly; a prefix is stripped only when every key then names a model key."""
+    wanted = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    keys = list(state_dict)
+    candidates = ("", *shared_prefixes(keys))
+    prefix = next((p for p in candidates if {k[len(p):] for k in keys} == wanted.keys()), None)
+    if prefix is None:
+        missing = tuple(key for key in wanted if key not in state_dict)
+        unexpected = tuple(key for key in keys if key not in wanted)
+        return KeyMatch("", missing, unexpected, _shapes(state_dict, "", wanted), candidates[1:])
+    return KeyMatch(prefix, (), (), _shapes(state_dict, prefix, wanted))
+
+
+def apply_checkpoint(model: nn.Module, raw: RawCheckpoint) -> KeyMatch:
+    """Strictly load ``raw`` into ``model``; raises ``CheckpointError`` naming any mismatch."""
+    match = match_state_dict(raw.state_dict, model)
+    if not match.ok:
+        raise CheckpointError(
+            f"{raw.path} does not load into {type(model).__name__}:\n{match.describe()}")
+    try:
+        model.load_state_dict(_strip(raw.state_dict, match.stripped_prefix), strict=True)
+    except RuntimeError as exc:  # e.g. a module's own _load_from_state_dict migration refusing
+        raise CheckpointError(
+            f"{raw.path} does not load into {type(model).__name__}: {exc}") from exc
+    return match
+
+
+def load_weights(model: nn.Module, path: Path, *, device: torch.device | str = "cpu",
+                 trust_pickle: bool = False) -> LoadReport:
+    """Load ``path`` into ``model`` on ``device``, eval mode, frozen; touches only ``model``."""
+    raw = read_checkpoint(path, map_location=device, trust_pickle=trust_pickle)
+    version = checkpoint_version(path)
+    model.to(device)
+    match = apply_checkpoint(model, raw)
+    model.eval().requires_grad_(False)
+    return LoadReport(
+        path=path, version=version, format=raw.format, wrapper_key=raw.wrapper_key,
+        stripped_prefix=match.stripped_prefix, storage_devices=raw.storage_devices,
+        parameter_count=sum(parameter.numel() for parameter in model.parameters()),
+        dtypes=tuple(sorted({dtype_name(t) for t in raw.state_dict.values()})),
+    )
+
+
+def dtype_name(tensor: torch.Tensor) -> str:
+    """``float32`` rather than ``torch.float32``."""
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def _sniff(path: Path) -> CheckpointFormat:
+    """Tell the format from the first bytes, refusing anything that is not a checkpoint unread."""
+    if not path.is_file():
+        state = "is not a file" if path.exists() else "does not exist"
+        raise CheckpointError(f"checkpoint {path} {state}")
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as file:
+            head = file.read(16)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); was it written completely?")
+    if head.startswith((_ZIP_MAGIC, _LEGACY_MAGIC)):
+        return "torch"
+    # safetensors: an 8-byte little-endian header length, then the JSON header itself
+    header_bytes = int.from_bytes(head[:8], "little")
+    if path.suffix == ".safetensors" or (header_bytes <= size - 8 and head[8:9] == b"{"):
+        return "safetensors"
+    if head[:1] == b"\x80":
+        raise CheckpointError(
+            f"{path} is a plain Python pickle, not a torch.save checkpoint; it was not opened "
+            "because unpickling can run code. Re-save it with torch.save(model.state_dict(), "
+            "path) or as .safetensors")
+    raise CheckpointError(
+        f"{path} is not a checkpoint: expected a torch.save file or a .safetensors file, "
+        f"but it starts with {head[:8]!r}")
+
+
+def _read_torch(path: Path, device: str, trust_pickle: bool) -> tuple[object, tuple[str, ...]]:
+    """``torch.load`` with ``weights_only``; full unpickling only if the config trusts the file."""
+    try:
+        return _torch_load(path, device, weights_only=True)
+    except pickle.UnpicklingError:
+        if not trust_pickle:
+            raise CheckpointError(_refusal(path)) from None
+    except Exception as exc:  # torch.load raises many types for corrupt or truncated files
+        raise _unreadable(path, exc, " (truncated or corrupt?)") from exc
+    try:
+        return _torch_load(path, device, weights_only=False)
+    except Exception as exc:  # full unpickling can fail in any way, e.g. a class since renamed
+        raise _unreadable(path, exc, "") from exc
+
+
+def _unreadable(path: Path, exc: Exception, guess: str) -> CheckpointError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CheckpointError(f"cannot read {path} as a torch checkpoint{guess}: {reason}")
+
+
+def _torch_load(path: Path, device: str, *, weights_only: bool) -> tuple[object, tuple[str, ...]]:
+    """Load, recording each storage's saved location tag while mapping it to ``device``."""
+    tags: dict[str, None] = {}  # an ordered set, local to this call
+
+    def restore(storage: Any, location: str) -> Any:
+        tags.setdefault(location, None)
+        # the registered deserializers move the storage, as a plain map_location would
+        return torch.serialization.default_restore_location(  # type: ignore[no-untyped-call]
+            storage, device)
+
+    loaded = torch.load(path, map_location=restore, weights_only=weights_only)
+    return loaded, tuple(tags)
+
+
+def _refusal(path: Path) -> str:
+    try:  # a static scan of the pickle's globals: nothing is executed
+        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # legacy-format files cannot be scanned; the refusal stands without names
+        names = []
+    needs = f" (it references {', '.join(names[:_SHOWN])})" if names else ""
+    return (
+        f"checkpoint {path} needs arbitrary unpickling{needs}, which can run any code, so it "
+        "was refused (only tensors are loaded, weights_only=True). If you trust the file, set "
+        "`trust_pickle: true` in the model's config (inspect: --trust-pickle), or re-save it "
+        "as a state_dict or .safetensors")
+
+
+def _unwrap(loaded: object, path: Path) -> tuple[str | None, tuple[str, ...], StateDict]:
+    """Find the tensors: the object itself, a known wrapper key, or the one nested tensor dict."""
+    direct = _tensor_dict(loaded)
+    if direct is not None:
+        return None, (), direct
+    if not isinstance(loaded, dict):
+        raise CheckpointError(
+            f"{path} holds a {type(loaded).__name__}, not a state_dict (a dict of tensors)")
+    found = {key: tensors for key, value in loaded.items()
+             if (tensors := _tensor_dict(value)) is not None}
+    key = next((k for k in WRAPPER_KEYS if k in found), None)
+    if key is None and len(found) == 1:
+        key = next(iter(found))
+    if key is None:
+        top = ", ".join(repr(k) for k in loaded) or "none (an empty dict)"
+        what = (f"several dicts of tensors ({', '.join(map(repr, found))}) and none is named"
+                if found else "no tensors; expected a state_dict or a dict with one of")
+        raise CheckpointError(
+            f"{path} holds {what} {', '.join(WRAPPER_KEYS)}; top-level keys: {top}")
+    return str(key), tuple(str(k) for k in loaded if k != key), found[key]
+
+
+def _tensor_dict(value: object) -> StateDict | None:
+    """The state dict ``value`` is (kept as is, with its ``_metadata``), or None."""
+    if isinstance(value, nn.Module):  # a whole pickled model, only reachable with trust_pickle
+        return value.state_dict()
+    if (isinstance(value, dict) and value
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())):
+        return value
+    return None
+
+
+def _strip(state_dict: StateDict, prefix: str) -> StateDict:
+    """A copy without ``prefix``; ``_metadata`` (per-module versions for migrations) follows."""
+    if not prefix:
+        return state_dict  # load_state_dict copies its argument, so this is not mutated
+    stripped: OrderedDict[str, torch.Tensor] = OrderedDict(
+        (key[len(prefix):], value) for key, value in state_dict.items())
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:  # keys are module paths without the trailing dot ("module.0")
+        stripped._metadata = OrderedDict(  # type: ignore[attr-defined]
+            (name[len(prefix):] if name != prefix[:-1] else "", value)
+            for name, value in metadata.items()
+            if name == prefix[:-1] or name.startswith(prefix))
+    return stripped
+
+
+def _shapes(state_dict: Mapping[str, torch.Tensor], prefix: str,
+            wanted: Mapping[str, tuple[int, ...]]) -> tuple[ShapeMismatch, ...]:
+    """(model key, checkpoint shape, model shape) for keys present on both sides."""
+    found = ((key[len(prefix):], tuple(value.shape)) for key, value in state_dict.items())
+    return tuple((key, shape, wanted[key]) for key, shape in found
+                 if key in wanted and shape != wanted[key])
+
+
+def _listing(title: str, items: Sequence[str]) -> list[str]:
+    if not items:
+        return []
+    more = [f"    ... and {len(items) - _SHOWN} more"] if len(items) > _SHOWN else []
+    return [f"  {title} ({len(items)}):", *(f"    {item}" for item in items[:_SHOWN]), *more]

@@ -1,0 +1,58 @@
+"""``watch: true``: reload a model when its checkpoint file changes, through the normal reload.
+
+Polling (stat every interval) works on every filesystem, including network volumes and
+Kubernetes ConfigMap/volume symlink swaps, where inotify often does not. A change is acted
+on once the file has stopped changing for one interval (a copy in progress is not loaded),
+and only when its content hash differs from the serving version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from service.checkpoint import checkpoint_version
+from service.errors import ServeError
+
+log = logging.getLogger(__name__)
+
+Reload = Callable[[Path], Awaitable[object]]
+
+
+async def watch_checkpoint(
+    path: Path, current_version: Callable[[], str | None], reload: Reload, interval_s: float
+) -> None:
+    """Runs until cancelled; failures are logged and the old version keeps serving."""
+    last = _stamp(path)
+    while True:
+        await asyncio.sleep(interval_s)
+        stamp = _stamp(path)
+        if stamp == last:
+            continue
+        await asyncio.sleep(interval_s)  # debounce: wait until the writer is done
+        settled = _stamp(path)
+        if settled != stamp:
+            continue  # still changing; look again next round
+        last = settled
+        if settled is None:
+            continue
+        version = await asyncio.to_thread(checkpoint_version, path)
+        if version == current_version():
+            continue
+        log.info("checkpoint %s changed (version %s): reloading", path, version)
+        try:
+            await reload(path)
+        except ServeError as error:
+            log.error("reload of changed checkpoint %s failed, old version serving: %s", path, error)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is rewritten or replaced; None while it is missing."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
