@@ -8,6 +8,7 @@ Models load in the background after the socket opens, so ``/healthz`` answers at
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import secrets
@@ -84,7 +85,14 @@ def create_app(
 def _after_load(
     task: asyncio.Task[None], runtime: Runtime, on_fatal: Callable[[BaseException], None] | None
 ) -> None:
-    if task.cancelled() or task.exception() is None:
+    if task.cancelled():
+        return
+    if task.exception() is None:
+        # torch, FastAPI and the models leave ~400k long-lived objects; a full collection
+        # walks them all (100-200 ms here), a stall every request would feel at random.
+        # Frozen objects are skipped by the collector from now on.
+        gc.collect()
+        gc.freeze()
         return
     error = task.exception()
     assert error is not None

@@ -73,6 +73,9 @@ class ModelSpec(_Frozen):
     output: int | str | None = None
     trust_pickle: bool = False
     watch: bool = False
+    torch_threads: int | None = Field(
+        None, ge=1, description="intra-op threads of this model's CPU replicas (small models: 1)"
+    )
 
     @field_validator("architecture")
     @classmethod

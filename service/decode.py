@@ -61,7 +61,9 @@ def prepare_image(image: Image.Image, spec: InputSpec) -> DecodedImage:
     """Full decode of an opened image, then orientation, channels and resize."""
     try:
         image.seek(0)  # animated GIF/WebP: the first frame
-        image = ImageOps.exif_transpose(image)
+        image.load()
+        if _may_be_rotated(image):
+            image = ImageOps.exif_transpose(image)
         width, height = image.size  # oriented, so masks match what the user sees
         image = _resize(image.convert(_MODES[spec.channels]), spec)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -80,6 +82,11 @@ def prepare_images(images: list[Image.Image], spec: InputSpec) -> list[DecodedIm
 def is_tiny(images: list[Image.Image]) -> bool:
     """Small enough that decoding costs less than handing the work to another thread."""
     return sum(image.size[0] * image.size[1] for image in images) <= INLINE_MAX_PIXELS
+
+
+def _may_be_rotated(image: Image.Image) -> bool:
+    """Whether EXIF orientation can apply; parsing EXIF costs more than decoding a small PNG."""
+    return "exif" in image.info or image.format in ("TIFF", "MPO")
 
 
 def _resize(image: Image.Image, spec: InputSpec) -> Image.Image:

@@ -21,7 +21,7 @@ import torch
 
 from service.architecture import build_model
 from service.batching import DynamicBatcher
-from service.checkpoint import checkpoint_version, load_weights
+from service.checkpoint import load_weights
 from service.config import ModelSpec, ServeConfig
 from service.decode import DecodedImage
 from service.devices import available_cores, resolve_devices
@@ -173,7 +173,11 @@ class Registry:
     def _build(self, name: str, spec: ModelSpec) -> ServedModel:
         devices = resolve_devices(spec.devices)
         cpu_replicas = sum(device.type == "cpu" for device in devices) or 1
-        threads = self.config.server.torch_threads or max(1, available_cores() // cpu_replicas)
+        threads = (
+            spec.torch_threads
+            or self.config.server.torch_threads
+            or max(1, available_cores() // cpu_replicas)
+        )
         size = spec.input.size
         replicas = [
             Replica(
@@ -227,13 +231,20 @@ class Registry:
 def _load_version(spec: ModelSpec, checkpoint: Path, replicas: Sequence[Replica]) -> ModelVersion:
     """Blocking: a fresh copy of the architecture per device with the checkpoint's weights."""
     started = time.monotonic()
-    version = checkpoint_version(checkpoint)
+    versions = set()
     device_models = []
     for replica in replicas:
         module = build_model(spec.architecture, spec.init_args)
-        load_weights(module, checkpoint, device=replica.device, trust_pickle=spec.trust_pickle)
+        report = load_weights(module, checkpoint, device=replica.device, trust_pickle=spec.trust_pickle)
+        versions.add(report.version)
         device_models.append(DeviceModel(module, spec, replica.device))
-    return ModelVersion(version, checkpoint, time.time(), time.monotonic() - started, tuple(device_models))
+    if len(versions) != 1:
+        raise CheckpointError(
+            f"{checkpoint.name} changed while it was being loaded; replace files atomically"
+        )
+    return ModelVersion(
+        versions.pop(), checkpoint, time.time(), time.monotonic() - started, tuple(device_models)
+    )
 
 
 def _warm_up_jobs(spec: ModelSpec) -> list[Job]:
