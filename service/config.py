@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from service.errors import ConfigError
 
 ENV_PREFIX = "MODEL_SERVE_"
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class _Frozen(BaseModel):
@@ -28,9 +30,22 @@ class InputSpec(_Frozen):
 
     size: tuple[int, int] = Field(description="[H, W] the image is resized to")
     channels: Literal[1, 3] = 3
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = _IMAGENET_MEAN
+    std: tuple[float, ...] = _IMAGENET_STD
     resize: Literal["stretch", "center_crop"] = "stretch"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_statistics(cls, data: Any) -> Any:
+        """ImageNet's statistics (their channel average for grey images) when none are given."""
+        if isinstance(data, dict):
+            grey = data.get("channels", 3) == 1
+            data = {
+                "mean": (0.449,) if grey else _IMAGENET_MEAN,
+                "std": (0.226,) if grey else _IMAGENET_STD,
+                **data,
+            }
+        return data
 
     @model_validator(mode="after")
     def _check_lengths(self) -> InputSpec:

@@ -39,11 +39,11 @@ async def watch_checkpoint(
         last = settled
         if settled is None:
             continue
-        version = await asyncio.to_thread(checkpoint_version, path)
-        if version == current_version():
-            continue
-        log.info("checkpoint %s changed (version %s): reloading", path, version)
-        try:
+        try:  # hashing fails too when the path is briefly unreadable (e.g. a directory)
+            version = await asyncio.to_thread(checkpoint_version, path)
+            if version == current_version():
+                continue
+            log.info("checkpoint %s changed (version %s): reloading", path, version)
             await reload(path)
         except ServeError as error:
             log.error("reload of changed checkpoint %s failed, old version serving: %s", path, error)
