@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import torch
 import uvicorn
+from uvicorn.server import HANDLED_SIGNALS
 
 from service.app import create_app
 from service.config import ServeConfig, config_path_from_env, load_config
@@ -100,6 +104,20 @@ class DrainingServer(uvicorn.Server):
             )
         self.runtime.draining = True
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's handlers, minus its re-raising of the signal once stopped: a drained
+        SIGTERM is a clean exit (status 0), not death by the signal (-15, 143 in a shell)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _load(config_path: Path | None) -> ServeConfig:

@@ -21,7 +21,7 @@ import torch
 
 from service.architecture import build_model
 from service.batching import DynamicBatcher
-from service.checkpoint import load_weights
+from service.checkpoint import checkpoint_version, load_weights
 from service.config import ModelSpec, ServeConfig
 from service.decode import DecodedImage
 from service.devices import available_cores, resolve_devices
@@ -231,7 +231,9 @@ class Registry:
 def _load_version(spec: ModelSpec, checkpoint: Path, replicas: Sequence[Replica]) -> ModelVersion:
     """Blocking: a fresh copy of the architecture per device with the checkpoint's weights."""
     started = time.monotonic()
-    versions = set()
+    # load_weights reads the file, then hashes it again: a file replaced in between would be
+    # served under the new file's version; hashing first as well catches that
+    versions = {checkpoint_version(checkpoint)}
     device_models = []
     for replica in replicas:
         module = build_model(spec.architecture, spec.init_args)
