@@ -58,6 +58,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime.loop = asyncio.get_running_loop()
         loading = asyncio.create_task(runtime.registry.start(), name="load-models")
         loading.add_done_callback(lambda task: _after_load(task, runtime, on_fatal))
         try:

@@ -33,8 +33,7 @@ def build_model(architecture: str, init_args: Mapping[str, Any] | None = None) -
         ) from exc
     except Exception as exc:  # user code: any failure is a configuration problem to report
         raise ConfigError(
-            f"architecture {architecture!r} failed with init_args {kwargs}: "
-            f"{type(exc).__name__}: {exc}"
+            f"architecture {architecture!r} failed with init_args {kwargs}: {type(exc).__name__}: {exc}"
         ) from exc
     if not isinstance(model, nn.Module):
         raise ConfigError(
@@ -54,9 +53,7 @@ def _resolve(architecture: str) -> Callable[..., Any]:
     walked = module_name
     for attr in attr_path.split("."):
         if not hasattr(target, attr):
-            raise ConfigError(
-                f"architecture {architecture!r}: {walked!r} has no attribute {attr!r}"
-            )
+            raise ConfigError(f"architecture {architecture!r}: {walked!r} has no attribute {attr!r}")
         target = getattr(target, attr)
         walked = f"{walked}.{attr}"
     if not callable(target):
@@ -85,6 +82,5 @@ def _import(architecture: str, module_name: str) -> Any:
         ) from exc
     except Exception as exc:  # a user module may raise anything while importing
         raise ConfigError(
-            f"architecture {architecture!r}: importing {module_name!r} raised "
-            f"{type(exc).__name__}: {exc}"
+            f"architecture {architecture!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}"
         ) from exc

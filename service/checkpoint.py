@@ -75,26 +75,37 @@ class KeyMatch:
         ]
         lines += _listing("missing from the checkpoint", self.missing)
         lines += _listing("unexpected in the checkpoint", self.unexpected)
-        lines += _listing("wrong shape", [
-            f"{key}: checkpoint {list(saved)}, model {list(wanted)}"
-            for key, saved, wanted in self.shape_mismatches
-        ])
+        lines += _listing(
+            "wrong shape",
+            [
+                f"{key}: checkpoint {list(saved)}, model {list(wanted)}"
+                for key, saved, wanted in self.shape_mismatches
+            ],
+        )
         if self.rejected_prefixes:
             shared = ", ".join(repr(prefix) for prefix in self.rejected_prefixes)
-            lines.append(f"  every checkpoint key starts with {shared}, but stripping it does not "
-                         "make the keys match the model's, so nothing was stripped")
+            lines.append(
+                f"  every checkpoint key starts with {shared}, but stripping it does not "
+                "make the keys match the model's, so nothing was stripped"
+            )
         lines.append(f"hint: {self._hint()}")
         return "\n".join(lines)
 
     def _hint(self) -> str:
         if not (self.missing or self.unexpected):
-            return ("the layers match but their sizes do not: check init_args (e.g. num_classes, "
-                    "channels) against the run that saved the checkpoint")
+            return (
+                "the layers match but their sizes do not: check init_args (e.g. num_classes, "
+                "channels) against the run that saved the checkpoint"
+            )
         if self.missing and self.unexpected:
-            return ("the key names differ: check `architecture` (is this the model that was "
-                    "saved?), and whether the saved keys carry a prefix or naming of their own")
-        return ("some tensors are absent on one side: check `architecture` and init_args "
-                "(optional heads or layers enabled differently when saving)")
+            return (
+                "the key names differ: check `architecture` (is this the model that was "
+                "saved?), and whether the saved keys carry a prefix or naming of their own"
+            )
+        return (
+            "some tensors are absent on one side: check `architecture` and init_args "
+            "(optional heads or layers enabled differently when saving)"
+        )
 
 
 @dataclass(frozen=True)
@@ -123,8 +134,9 @@ def checkpoint_version(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def read_checkpoint(path: Path, *, map_location: torch.device | str = "cpu",
-                    trust_pickle: bool = False) -> RawCheckpoint:
+def read_checkpoint(
+    path: Path, *, map_location: torch.device | str = "cpu", trust_pickle: bool = False
+) -> RawCheckpoint:
     """Open and unwrap ``path``; tensors land on ``map_location`` whatever device saved them."""
     file_format = _sniff(path)
     if file_format == "safetensors":
@@ -158,7 +170,7 @@ def match_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -
     wanted = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     keys = list(state_dict)
     candidates = ("", *shared_prefixes(keys))
-    prefix = next((p for p in candidates if {k[len(p):] for k in keys} == wanted.keys()), None)
+    prefix = next((p for p in candidates if {k[len(p) :] for k in keys} == wanted.keys()), None)
     if prefix is None:
         missing = tuple(key for key in wanted if key not in state_dict)
         unexpected = tuple(key for key in keys if key not in wanted)
@@ -170,18 +182,17 @@ def apply_checkpoint(model: nn.Module, raw: RawCheckpoint) -> KeyMatch:
     """Strictly load ``raw`` into ``model``; raises ``CheckpointError`` naming any mismatch."""
     match = match_state_dict(raw.state_dict, model)
     if not match.ok:
-        raise CheckpointError(
-            f"{raw.path} does not load into {type(model).__name__}:\n{match.describe()}")
+        raise CheckpointError(f"{raw.path} does not load into {type(model).__name__}:\n{match.describe()}")
     try:
         model.load_state_dict(_strip(raw.state_dict, match.stripped_prefix), strict=True)
     except RuntimeError as exc:  # e.g. a module's own _load_from_state_dict migration refusing
-        raise CheckpointError(
-            f"{raw.path} does not load into {type(model).__name__}: {exc}") from exc
+        raise CheckpointError(f"{raw.path} does not load into {type(model).__name__}: {exc}") from exc
     return match
 
 
-def load_weights(model: nn.Module, path: Path, *, device: torch.device | str = "cpu",
-                 trust_pickle: bool = False) -> LoadReport:
+def load_weights(
+    model: nn.Module, path: Path, *, device: torch.device | str = "cpu", trust_pickle: bool = False
+) -> LoadReport:
     """Load ``path`` into ``model`` on ``device``, eval mode, frozen; touches only ``model``."""
     raw = read_checkpoint(path, map_location=device, trust_pickle=trust_pickle)
     version = checkpoint_version(path)
@@ -189,8 +200,12 @@ def load_weights(model: nn.Module, path: Path, *, device: torch.device | str = "
     match = apply_checkpoint(model, raw)
     model.eval().requires_grad_(False)
     return LoadReport(
-        path=path, version=version, format=raw.format, wrapper_key=raw.wrapper_key,
-        stripped_prefix=match.stripped_prefix, storage_devices=raw.storage_devices,
+        path=path,
+        version=version,
+        format=raw.format,
+        wrapper_key=raw.wrapper_key,
+        stripped_prefix=match.stripped_prefix,
+        storage_devices=raw.storage_devices,
         parameter_count=sum(parameter.numel() for parameter in model.parameters()),
         dtypes=tuple(sorted({dtype_name(t) for t in raw.state_dict.values()})),
     )
@@ -224,10 +239,12 @@ def _sniff(path: Path) -> CheckpointFormat:
         raise CheckpointError(
             f"{path} is a plain Python pickle, not a torch.save checkpoint; it was not opened "
             "because unpickling can run code. Re-save it with torch.save(model.state_dict(), "
-            "path) or as .safetensors")
+            "path) or as .safetensors"
+        )
     raise CheckpointError(
         f"{path} is not a checkpoint: expected a torch.save file or a .safetensors file, "
-        f"but it starts with {head[:8]!r}")
+        f"but it starts with {head[:8]!r}"
+    )
 
 
 def _read_torch(path: Path, device: str, trust_pickle: bool) -> tuple[object, tuple[str, ...]]:
@@ -258,7 +275,8 @@ def _torch_load(path: Path, device: str, *, weights_only: bool) -> tuple[object,
         tags.setdefault(location, None)
         # the registered deserializers move the storage, as a plain map_location would
         return torch.serialization.default_restore_location(  # type: ignore[no-untyped-call]
-            storage, device)
+            storage, device
+        )
 
     loaded = torch.load(path, map_location=restore, weights_only=weights_only)
     return loaded, tuple(tags)
@@ -274,7 +292,8 @@ def _refusal(path: Path) -> str:
         f"checkpoint {path} needs arbitrary unpickling{needs}, which can run any code, so it "
         "was refused (only tensors are loaded, weights_only=True). If you trust the file, set "
         "`trust_pickle: true` in the model's config (inspect: --trust-pickle), or re-save it "
-        "as a state_dict or .safetensors")
+        "as a state_dict or .safetensors"
+    )
 
 
 def _unwrap(loaded: object, path: Path) -> tuple[str | None, tuple[str, ...], StateDict]:
@@ -283,19 +302,19 @@ def _unwrap(loaded: object, path: Path) -> tuple[str | None, tuple[str, ...], St
     if direct is not None:
         return None, (), direct
     if not isinstance(loaded, dict):
-        raise CheckpointError(
-            f"{path} holds a {type(loaded).__name__}, not a state_dict (a dict of tensors)")
-    found = {key: tensors for key, value in loaded.items()
-             if (tensors := _tensor_dict(value)) is not None}
+        raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state_dict (a dict of tensors)")
+    found = {key: tensors for key, value in loaded.items() if (tensors := _tensor_dict(value)) is not None}
     key = next((k for k in WRAPPER_KEYS if k in found), None)
     if key is None and len(found) == 1:
         key = next(iter(found))
     if key is None:
         top = ", ".join(repr(k) for k in loaded) or "none (an empty dict)"
-        what = (f"several dicts of tensors ({', '.join(map(repr, found))}) and none is named"
-                if found else "no tensors; expected a state_dict or a dict with one of")
-        raise CheckpointError(
-            f"{path} holds {what} {', '.join(WRAPPER_KEYS)}; top-level keys: {top}")
+        what = (
+            f"several dicts of tensors ({', '.join(map(repr, found))}) and none is named"
+            if found
+            else "no tensors; expected a state_dict or a dict with one of"
+        )
+        raise CheckpointError(f"{path} holds {what} {', '.join(WRAPPER_KEYS)}; top-level keys: {top}")
     return str(key), tuple(str(k) for k in loaded if k != key), found[key]
 
 
@@ -303,8 +322,11 @@ def _tensor_dict(value: object) -> StateDict | None:
     """The state dict ``value`` is (kept as is, with its ``_metadata``), or None."""
     if isinstance(value, nn.Module):  # a whole pickled model, only reachable with trust_pickle
         return value.state_dict()
-    if (isinstance(value, dict) and value
-            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())):
+    if (
+        isinstance(value, dict)
+        and value
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    ):
         return value
     return None
 
@@ -314,22 +336,24 @@ def _strip(state_dict: StateDict, prefix: str) -> StateDict:
     if not prefix:
         return state_dict  # load_state_dict copies its argument, so this is not mutated
     stripped: OrderedDict[str, torch.Tensor] = OrderedDict(
-        (key[len(prefix):], value) for key, value in state_dict.items())
+        (key[len(prefix) :], value) for key, value in state_dict.items()
+    )
     metadata = getattr(state_dict, "_metadata", None)
     if metadata is not None:  # keys are module paths without the trailing dot ("module.0")
         stripped._metadata = OrderedDict(  # type: ignore[attr-defined]
-            (name[len(prefix):] if name != prefix[:-1] else "", value)
+            (name[len(prefix) :] if name != prefix[:-1] else "", value)
             for name, value in metadata.items()
-            if name == prefix[:-1] or name.startswith(prefix))
+            if name == prefix[:-1] or name.startswith(prefix)
+        )
     return stripped
 
 
-def _shapes(state_dict: Mapping[str, torch.Tensor], prefix: str,
-            wanted: Mapping[str, tuple[int, ...]]) -> tuple[ShapeMismatch, ...]:
+def _shapes(
+    state_dict: Mapping[str, torch.Tensor], prefix: str, wanted: Mapping[str, tuple[int, ...]]
+) -> tuple[ShapeMismatch, ...]:
     """(model key, checkpoint shape, model shape) for keys present on both sides."""
-    found = ((key[len(prefix):], tuple(value.shape)) for key, value in state_dict.items())
-    return tuple((key, shape, wanted[key]) for key, shape in found
-                 if key in wanted and shape != wanted[key])
+    found = ((key[len(prefix) :], tuple(value.shape)) for key, value in state_dict.items())
+    return tuple((key, shape, wanted[key]) for key, shape in found if key in wanted and shape != wanted[key])
 
 
 def _listing(title: str, items: Sequence[str]) -> list[str]:

@@ -80,7 +80,8 @@ def serve(config_path: Path | None, *, host: str, port: int) -> int:
         port=port,
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=math.ceil(config.server.drain_grace_s),
+        # a second more than the drain grace: requests still waiting then are answered 503 first
+        timeout_graceful_shutdown=math.ceil(config.server.drain_grace_s) + 1,
         timeout_keep_alive=30,
     )
     server = DrainingServer(uvicorn_config, app.state.runtime)
@@ -97,12 +98,9 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.runtime.draining:
-            log.info(
-                "signal %d: draining in-flight requests (up to %g s)",
-                sig,
-                self.runtime.config.server.drain_grace_s,
-            )
-        self.runtime.draining = True
+            grace_s = self.runtime.config.server.drain_grace_s
+            log.info("signal %d: draining in-flight requests (up to %g s)", sig, grace_s)
+            self.runtime.begin_drain()
         super().handle_exit(sig, frame)
 
     @contextlib.contextmanager

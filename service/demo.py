@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 # Measured here: the digits model runs fastest in big batches on one thread (a second
 # thread's start-up costs more than it saves and takes a core from the event loop); the
 # U-Net gains nothing from big CPU batches but uses every core.
-_SERVING = {
+_SERVING: dict[str, dict[str, Any]] = {
     "digits": {"batching": {"max_batch_size": 32}, "torch_threads": 1},
     "shapes": {"batching": {"max_batch_size": 4}},
 }

@@ -53,6 +53,13 @@ class Forbidden(ServeError):
     status = 403
 
 
+class SlowUpload(ServeError):
+    """The request body did not arrive within the request timeout."""
+
+    code = "request_timeout"
+    status = 408
+
+
 class NotFound(ServeError):
     """The named model (or route object) does not exist."""
 

@@ -29,9 +29,14 @@ WOULD_NOT_LOAD = 1
 UNREADABLE = 2
 
 
-def inspect_checkpoint(path: Path, *, architecture: str | None = None,
-                       init_args: Mapping[str, Any] | None = None, out: TextIO,
-                       trust_pickle: bool = False) -> int:
+def inspect_checkpoint(
+    path: Path,
+    *,
+    architecture: str | None = None,
+    init_args: Mapping[str, Any] | None = None,
+    out: TextIO,
+    trust_pickle: bool = False,
+) -> int:
     """Print a report on ``path`` to ``out``; returns the process exit code (0 only if it loads)."""
     try:
         raw = read_checkpoint(path, map_location="cpu", trust_pickle=trust_pickle)
@@ -52,8 +57,11 @@ def _summarise(raw: RawCheckpoint, version: str, out: TextIO) -> None:
     cut = len(prefixes[-1]) if prefixes else 0  # name the roots below any wrapper prefix
     roots = Counter(key[cut:].split(".")[0] for key in tensors)
     dtypes = Counter(dtype_name(tensor) for tensor in tensors.values())
-    wrapper = (f"{raw.wrapper_key!r} (ignored: {', '.join(raw.ignored_keys) or 'nothing'})"
-               if raw.wrapper_key else "none (the tensors are at the top level)")
+    wrapper = (
+        f"{raw.wrapper_key!r} (ignored: {', '.join(raw.ignored_keys) or 'nothing'})"
+        if raw.wrapper_key
+        else "none (the tensors are at the top level)"
+    )
     rows = [
         ("checkpoint", str(raw.path)),
         ("size", _size(raw.path.stat().st_size)),
@@ -71,8 +79,9 @@ def _summarise(raw: RawCheckpoint, version: str, out: TextIO) -> None:
         print(f"{label + ':':<17}{value}", file=out)
 
 
-def _check_architecture(raw: RawCheckpoint, architecture: str,
-                        init_args: Mapping[str, Any] | None, out: TextIO) -> int:
+def _check_architecture(
+    raw: RawCheckpoint, architecture: str, init_args: Mapping[str, Any] | None, out: TextIO
+) -> int:
     """Build the architecture and load into it exactly as the server would."""
     print(f"{'architecture:':<17}{architecture} {dict(init_args or {})}", file=out)
     try:
@@ -81,8 +90,11 @@ def _check_architecture(raw: RawCheckpoint, architecture: str,
         print(f"error: {exc.message}", file=out)
         return UNREADABLE
     match = match_state_dict(raw.state_dict, model)
-    print(f"{'strip prefix:':<17}{match.stripped_prefix!r}"
-          f"{'' if match.stripped_prefix else ' (nothing is stripped)'}", file=out)
+    print(
+        f"{'strip prefix:':<17}{match.stripped_prefix!r}"
+        f"{'' if match.stripped_prefix else ' (nothing is stripped)'}",
+        file=out,
+    )
     try:
         apply_checkpoint(model, raw)
     except CheckpointError as exc:

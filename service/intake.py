@@ -7,20 +7,29 @@ bounded in parts.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from service.errors import BadImage, InvalidParameter, TooLarge, UnsupportedMediaType
+from service.errors import (
+    BadImage,
+    ClientGone,
+    InvalidParameter,
+    SlowUpload,
+    TooLarge,
+    UnsupportedMediaType,
+)
 
 MAX_TOP_K = 1000
 IMAGE_TYPES = "image/png, image/jpeg, image/webp, image/bmp, image/gif, image/tiff"
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or ``TooLarge`` as soon as it passes ``limit`` bytes."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, ``TooLarge`` as soon as it passes ``limit`` bytes, ``SlowUpload`` when it
+    takes longer than ``timeout_s`` (a client trickling bytes holds a connection and memory)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -29,11 +38,17 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise TooLarge(f"the body is {declared} bytes; at most {limit} are accepted")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"the body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"the body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone("the client disconnected during the upload") from None
+    except TimeoutError:
+        raise SlowUpload(f"the body did not arrive within {timeout_s:g} s") from None
     return b"".join(chunks)
 
 
@@ -58,8 +73,10 @@ async def _multipart_files(headers: Headers, body: bytes, max_images: int) -> li
     try:
         form = await parser.parse()
     except MultiPartException as exc:
-        if "Too many" in exc.message:
-            raise TooLarge(f"{exc.message}: at most {max_images} images per request") from None
+        if "Too many files" in exc.message:
+            raise TooLarge(f"too many parts: at most {max_images} images per request") from None
+        if "Too many fields" in exc.message:
+            raise TooLarge("too many text fields in the multipart body; send only 'file' parts") from None
         raise BadImage(f"the multipart body does not parse: {exc.message}") from None
     try:
         blobs = []

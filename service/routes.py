@@ -92,7 +92,7 @@ async def _predict(runtime: Runtime, request: Request, served: ServedModel) -> R
         raise NotReady(f"model {served.name!r} is not ready yet; retry shortly", headers={"Retry-After": "1"})
     top_k = parse_top_k(request.query_params.get("top_k"))
     server = runtime.config.server
-    body = await read_body(request, server.max_body_bytes)
+    body = await read_body(request, server.max_body_bytes, server.request_timeout_s)
     blobs = await image_blobs(request, body, max_images=server.max_images_per_request)
     loop = asyncio.get_running_loop()
     decode_started = time.monotonic()
@@ -104,7 +104,11 @@ async def _predict(runtime: Runtime, request: Request, served: ServedModel) -> R
     served.metrics.decode_duration.observe(time.monotonic() - decode_started)
     served.metrics.images_per_request.observe(len(images))
     future = served.batcher.submit([Job(image, top_k) for image in images], tag=version)
-    outputs = await _await_outputs(future, request, server.request_timeout_s)
+    runtime.pending.add(future)
+    try:
+        outputs = await _await_outputs(future, request, server.request_timeout_s)
+    finally:
+        runtime.pending.discard(future)
     if served.spec.task == "classification":
         predictions = classification_body(outputs, served.spec.labels)
         return _prediction_response(served, version.version, predictions)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from service.config import ServeConfig
+from service.errors import NotReady
 from service.metrics import UNKNOWN_MODEL, Metrics, ModelMetrics
 from service.registry import Registry
 
@@ -21,7 +24,26 @@ class Runtime:
     admin_token: str
     draining: bool = False
     startup_error: BaseException | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    pending: set[asyncio.Future[list[Any]]] = field(default_factory=set)
     unknown_model_metrics: ModelMetrics = field(init=False)
 
     def __post_init__(self) -> None:
         self.unknown_model_metrics = self.metrics.for_model(UNKNOWN_MODEL)
+
+    def begin_drain(self) -> None:
+        """Readiness turns 503 now; whatever is still waiting when the grace period ends is
+        answered 503 (retry elsewhere) instead of being cut off. Safe from a signal handler."""
+        self.draining = True
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(
+                self.loop.call_later, self.config.server.drain_grace_s, self._give_up
+            )
+
+    def _give_up(self) -> None:
+        error = NotReady(
+            "the server shut down before this prediction was ready; retry", headers={"Retry-After": "1"}
+        )
+        for future in list(self.pending):
+            if not future.done():
+                future.set_exception(error)

@@ -96,6 +96,7 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     400: _error("no image, or an image that does not decode"),
     404: _error("unknown model"),
+    408: _error("the body did not arrive within the request timeout"),
     413: _error("body too large, too many images, or too many pixels"),
     415: _error("unsupported media type"),
     422: _error("invalid parameters"),

@@ -316,13 +316,6 @@ def test_memory_stays_bounded_after_hostile_rounds(server: Server) -> None:
     server.assert_healthy()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a client that hangs up mid-upload makes request.stream() raise starlette's "
-    "ClientDisconnect inside read_body (service/intake.py); routes.predict only maps ServeError, "
-    "so it reaches the app's catch-all handler, which logs a full 'unhandled error' traceback "
-    "per abandoned upload (and answers 500 to nobody); expected: ClientGone (499) quietly",
-)
 def test_an_abandoned_upload_is_not_an_unhandled_error(server: Server) -> None:
     seen = len(server.process.log())
     for _ in range(3):
@@ -338,3 +331,19 @@ def test_an_abandoned_upload_is_not_an_unhandled_error(server: Server) -> None:
     time.sleep(0.2)  # the handler logs right after it lets go of the request
     new = server.process.log()[seen:]
     assert "Traceback" not in new and "unhandled error" not in new, new[-2000:]
+
+
+def test_a_trickling_upload_is_answered_408(tmp_path: Path) -> None:
+    """A body slower than request_timeout_s frees its connection instead of holding it."""
+    save_random_weights(ARCH, {"delay_s": 0.0}, tmp_path / "m.pt")
+    entry = model_entry(ARCH, "m.pt", init_args={"delay_s": 0.0})
+    config = write_config(tmp_path, {"m": entry}, server={"request_timeout_s": 1.0})
+    with ServerProcess(config, tmp_path / "server.log") as process:
+        with socket.create_connection(("127.0.0.1", process.port), timeout=5) as sock:
+            sock.sendall(_upload_head("1000") + GOOD[:10])
+            started = time.monotonic()
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b'"request_timeout"' in answer
+        assert time.monotonic() - started < 4
+        assert httpx.get(f"{process.url}/healthz").status_code == 200
