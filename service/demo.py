@@ -8,7 +8,7 @@ scikit-learn (digits) or is drawn on the fly (shapes).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +65,15 @@ def ensure_demo_checkpoints(environ: Mapping[str, str] | None = None) -> Path:
         from models import demo_training  # heavy (scikit-learn): only when training
 
         folder.mkdir(parents=True, exist_ok=True)
+        trainers: dict[str, Callable[..., float]] = {
+            demo.DIGITS.name: demo_training.train_digits,
+            demo.SHAPES.name: demo_training.train_shapes,
+        }
         for model in missing:
             log.warning(
-                "demo checkpoint %s is missing: training it into %s (a minute or two)",
+                "demo checkpoint %s is missing: training it into %s (a few minutes)",
                 model.checkpoint_file,
                 folder,
             )
-            demo_training.train(model.name, folder, seed=0)
+            trainers[model.name](folder, seed=0)
     return folder

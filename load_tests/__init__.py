@@ -1,0 +1,1 @@
+"""Load tests: the benchmark against the in-process limit and a naive FastAPI server."""

@@ -1,0 +1,341 @@
+"""Benchmark model-serve against the in-process limit and a naive FastAPI server, in one run.
+
+Repeats of one setting differ by 15-20% on a shared machine, so every target is a ratio or a
+difference between figures taken in this same run, never a figure from another day. For each
+model: the raw pipeline (decode, forward, postprocess in one thread, the server's own
+functions), then the naive server and model-serve under wrk, interleaved per client count so
+that both see the same background load.
+
+    python load_tests/benchmark.py [--duration 10] [--clients 1,8,32] [--threads N]
+                                   [--models digits,shapes,resnet18] [--out reports/] [--strict]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+import torchvision
+import yaml
+from PIL import Image
+
+from models.demo import CHECKPOINT_DIR, DIGITS, SAMPLES_DIR, SHAPES, DemoModel
+from service.config import ServeConfig, load_config
+from service.decode import decode_image
+from service.devices import available_cores
+from service.postprocess import Classification, Job, Segmentation, classify, mask_png, segment
+
+try:
+    from load_tests.naive_server import load_model
+    from load_tests.report import NAIVE, SERVE, Load, RawResult, compute_targets, write_report
+    from load_tests.wrk import run_wrk, write_script
+except ModuleNotFoundError:  # run as `python load_tests/benchmark.py`: only load_tests/ is on the path
+    from naive_server import load_model  # type: ignore[no-redef]
+    from report import NAIVE, SERVE, Load, RawResult, compute_targets, write_report  # type: ignore[no-redef]
+    from wrk import run_wrk, write_script  # type: ignore[no-redef]
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVERS = {NAIVE: ["load_tests.naive_server"], SERVE: ["service.cli", "serve"]}
+READY_TIMEOUT_S = 180
+
+Result = Classification | Segmentation
+
+
+@dataclass(frozen=True)
+class Bench:
+    """A benchmarked model: the batch sizes measured raw (the largest is the server's batch)."""
+
+    name: str
+    batch_sizes: tuple[int, ...]
+    content_type: str
+
+
+BENCHES = {
+    "digits": Bench("digits", (1, 8, 32), "image/png"),
+    "shapes": Bench("shapes", (1, 2, 4), "image/jpeg"),
+    "resnet18": Bench("resnet18", (1, 4, 8), "image/jpeg"),
+}
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr so that stdout holds only the report."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- inputs and config ---------------------------------------------------------------------
+
+
+def write_image(name: str, folder: Path) -> Path:
+    """The request body for a model: a digit PNG, a 256x256 shapes JPEG, a ~17 KB 224x224 JPEG."""
+    if name == "digits":
+        return Path(shutil.copy(SAMPLES_DIR / "digit_7.png", folder / "digits.png"))
+    if name == "shapes":
+        image = Image.open(SAMPLES_DIR / "shapes_1.png").convert("RGB")
+        image = image.resize((256, 256), Image.Resampling.BILINEAR)
+    else:  # smooth colour fields plus grain: compresses like a photo (random noise would not)
+        rng = np.random.default_rng(0)
+        coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+        smooth = np.asarray(coarse.resize((224, 224), Image.Resampling.BICUBIC), dtype=np.float32)
+        image = Image.fromarray((smooth + rng.normal(0, 8, smooth.shape)).clip(0, 255).astype(np.uint8))
+    path = folder / f"{name}.jpg"
+    image.save(path, format="JPEG", quality=90)
+    return path
+
+
+def demo_entry(demo: DemoModel, folder: Path) -> dict[str, Any]:
+    """A demo model's config entry, its trained checkpoint copied under the checkpoint root."""
+    source = CHECKPOINT_DIR / demo.checkpoint_file
+    if not source.is_file():
+        raise SystemExit(f"{source} is missing: python -m models.demo_training --out {CHECKPOINT_DIR}")
+    shutil.copy(source, folder / demo.checkpoint_file)
+    return {
+        "task": demo.task,
+        "architecture": demo.architecture,
+        "init_args": dict(demo.init_args),
+        "checkpoint": demo.checkpoint_file,
+        "input": {"size": list(demo.size), "channels": demo.channels,
+                  "mean": list(demo.mean), "std": list(demo.std)},
+        "labels": list(demo.labels),
+    }
+
+
+def resnet18_entry(folder: Path) -> dict[str, Any]:
+    """torchvision's resnet18 with seeded random weights: its cost is what matters, not its answers."""
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), folder / "resnet18.pt")
+    return {
+        "task": "classification",
+        "architecture": "torchvision.models:resnet18",
+        "checkpoint": "resnet18.pt",
+        "input": {"size": [224, 224], "channels": 3,
+                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    }
+
+
+def write_config(folder: Path, names: Sequence[str], threads: int) -> Path:
+    """One config for both servers: the same torch threads, CPU replicas, no batch delay, and
+    batches of the largest size measured raw."""
+    makers: dict[str, Callable[[Path], dict[str, Any]]] = {
+        "digits": lambda f: demo_entry(DIGITS, f),
+        "shapes": lambda f: demo_entry(SHAPES, f),
+        "resnet18": resnet18_entry,
+    }
+    models = {}
+    for name in names:
+        batching = {"max_batch_size": max(BENCHES[name].batch_sizes), "max_delay_ms": 0}
+        models[name] = {**makers[name](folder), "batching": batching, "devices": "cpu"}
+    path = folder / "config.yaml"
+    config = {"checkpoint_root": str(folder), "server": {"torch_threads": threads}, "models": models}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+# --- the in-process limit ------------------------------------------------------------------
+
+
+def raw_pipeline(config: ServeConfig, name: str) -> Callable[[bytes, int], list[Result]]:
+    """Decode + preprocess + forward + postprocess of a batch, with the server's own functions."""
+    loaded = load_model(config.models[name])
+    spec, model = loaded.spec, loaded.model
+    segmenting = spec.task == "segmentation"
+
+    def run(body: bytes, batch: int) -> list[Result]:
+        jobs = [Job(decode_image(body, spec.input, max_pixels=config.server.max_image_pixels))
+                for _ in range(batch)]
+        logits = model(torch.stack([job.image.pixels for job in jobs]))
+        results: list[Result] = list(segment(logits, jobs) if segmenting else classify(logits, jobs))
+        for result in results:
+            if isinstance(result, Segmentation):
+                mask_png(result.mask)  # the server encodes every mask too
+        return results
+
+    return run
+
+
+def time_raw(name: str, run: Callable[[bytes, int], list[Result]], body: bytes, batch: int,
+             seconds: float) -> RawResult:
+    """Warm up, then time whole batches for ``seconds`` (at least five)."""
+    for _ in range(3):
+        run(body, batch)
+    times: list[float] = []
+    while sum(times) < seconds or len(times) < 5:
+        started = time.perf_counter()
+        run(body, batch)
+        times.append(time.perf_counter() - started)
+    p50, p99 = np.percentile(times, [50, 99]) * 1000
+    return RawResult(name, batch, batch * len(times) / sum(times), float(p50), float(p99))
+
+
+def measure_raw(config: ServeConfig, bodies: dict[str, bytes], seconds: float
+                ) -> tuple[list[RawResult], dict[str, Result]]:
+    """Every batch size of every model, and each model's answer for the reference check."""
+    rows, expected = [], {}
+    for name, body in bodies.items():
+        run = raw_pipeline(config, name)
+        with torch.inference_mode():
+            expected[name] = run(body, 1)[0]
+            for batch in BENCHES[name].batch_sizes:
+                rows.append(time_raw(name, run, body, batch, seconds))
+                log(f"raw {name} batch {batch}: {rows[-1].images_per_s:,.1f} img/s")
+    return rows, expected
+
+
+# --- the servers under load ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback port free right now; the server binds it a moment later."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def serving(system: str, config_path: Path, folder: Path) -> Iterator[str]:
+    """A server subprocess on a free loopback port, ready; stopped by its own PID afterwards."""
+    port = free_port()
+    # the config alone decides: no MODEL_SERVE_* override from the caller's environment
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MODEL_SERVE_")}
+    log_path = folder / f"{system}.log"
+    command = [sys.executable, "-m", *SERVERS[system], "--config", str(config_path),
+               "--host", "127.0.0.1", "--port", str(port)]
+    with log_path.open("wb") as output:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(url, process, log_path)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Polls /readyz: model-serve answers 200 only once every model is loaded and warmed up."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} was not ready after {READY_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
+
+
+def settle(url: str) -> None:
+    """Waits out the requests a run leaves queued, so that they do not load the next run.
+
+    The naive server answers /readyz only once its event loop is free of the forwards queued
+    before it; model-serve drops the queued work of clients that hung up.
+    """
+    httpx.get(f"{url}/readyz", timeout=120)
+    time.sleep(0.5)
+
+
+def check_answer(system: str, url: str, name: str, body: bytes, expected: Result) -> None:
+    """One request: a 200 whose class or mask is exactly the in-process answer."""
+    content_type = BENCHES[name].content_type
+    response = httpx.post(f"{url}/predict", params={"model": name}, content=body,
+                          headers={"Content-Type": content_type}, timeout=60)
+    if response.status_code != 200:
+        raise RuntimeError(f"{system} {name}: {response.status_code} {response.text[:300]}")
+    prediction = response.json()["predictions"][0]
+    if isinstance(expected, Classification):
+        matches = prediction["class_index"] == expected.indices[0]
+    else:
+        png = base64.b64decode(prediction["mask_png_base64"])
+        matches = np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected.mask)
+    if not matches:
+        raise RuntimeError(f"{system} {name}: the answer differs from the in-process one")
+    log(f"{system} {name}: answer matches the in-process one")
+
+
+def measure_servers(config_path: Path, folder: Path, images: dict[str, Path],
+                    expected: dict[str, Result], clients: Sequence[int], seconds: int
+                    ) -> Load:
+    """Both servers up at once and checked, then loaded in turn: each naive / model-serve pair
+    of runs is adjacent in time, so background load on a shared machine hits both alike."""
+    script = write_script(folder)
+    results: Load = {}
+    with contextlib.ExitStack() as stack:
+        urls = {system: stack.enter_context(serving(system, config_path, folder)) for system in SERVERS}
+        for system, url in urls.items():
+            for name, path in images.items():
+                check_answer(system, url, name, path.read_bytes(), expected[name])
+        for name, path in images.items():
+            for count in clients:
+                for system, url in urls.items():
+                    result = run_wrk(f"{url}/predict?model={name}", script, path,
+                                     BENCHES[name].content_type, clients=count, seconds=seconds)
+                    results[name, system, count] = result
+                    settle(url)
+                    log(f"{system} {name} c={count}: {result.rps:,.1f} img/s p50 {result.p50_ms:.2f} ms "
+                        f"p99 {result.p99_ms:.2f} ms errors {result.errors}")
+    return results
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (raw: a fifth)")
+    parser.add_argument("--clients", default="1,8,32", help="comma-separated wrk connection counts")
+    parser.add_argument("--models", default=",".join(BENCHES), help=f"comma-separated, of {list(BENCHES)}")
+    parser.add_argument("--out", type=Path, default=Path("reports"))
+    parser.add_argument("--threads", type=int, default=available_cores(),
+                        help="torch threads, the same for raw and both servers (default: free cores)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+    args.clients = [int(count) for count in args.clients.split(",")]
+    args.models = args.models.split(",")
+    unknown = set(args.models) - set(BENCHES)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}; choose from {list(BENCHES)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Raw first (the servers are not up yet), then both servers; report, exit 1 only if --strict."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="model-serve-bench-") as tmp:
+        folder = Path(tmp)
+        config_path = write_config(folder, args.models, args.threads)
+        config = load_config(config_path, environ={})
+        images = {name: write_image(name, folder) for name in args.models}
+        bodies = {name: path.read_bytes() for name, path in images.items()}
+        settings = {
+            "duration_s": args.duration, "torch_threads": args.threads, "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "inputs": ", ".join(f"{name} {path.suffix[1:]} {len(bodies[name]):,} B"
+                                for name, path in images.items()),
+        }
+        raw, expected = measure_raw(config, bodies, args.duration / 5)
+        load = measure_servers(config_path, folder, images, expected, args.clients, args.duration)
+    targets = compute_targets(raw, load)
+    print(write_report(args.out, settings, raw, load, targets))
+    return 1 if args.strict and not all(target.passed for target in targets) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
