@@ -71,6 +71,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         if name not in models:
             raise HTTPException(404, f"unknown model {name!r}")
         loaded = models[name]
+        torch.set_num_threads(loaded.spec.torch_threads or config.server.torch_threads or available_cores())
         predictions = predict_one(loaded, await request.body(), top_k, config.server.max_image_pixels)
         return {"model": name, "version": loaded.version, "task": loaded.spec.task,
                 "predictions": predictions}

@@ -1,7 +1,8 @@
-"""A few seeded training steps: checkpoints are written, strictly loadable and reproducible."""
+"""A few seeded training steps: checkpoints are written, loadable, reproducible, side-effect free."""
 
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 
 from models.demo import DIGITS, SHAPES
@@ -9,7 +10,10 @@ from models.demo_training import build_model, train_digits, train_shapes
 
 
 def test_digits_training_is_seeded_and_learns(tmp_path: Path) -> None:
+    threads, rng_state = torch.get_num_threads(), torch.get_rng_state()
     first = train_digits(tmp_path / "a", seed=3, epochs=2)
+    assert torch.get_num_threads() == threads  # the server's settings survive training
+    assert torch.equal(torch.get_rng_state(), rng_state)
     second = train_digits(tmp_path / "b", seed=3, epochs=2)
     assert first == second
     assert first > 0.5  # two epochs: far above the 0.1 of chance
