@@ -31,7 +31,7 @@ from service.logs import REQUEST_ID
 from service.metrics import Metrics
 from service.registry import Registry
 from service.render import error_response
-from service.routes import router
+from service.routes import predict, router
 from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -70,16 +70,17 @@ def create_app(
             await runtime.registry.stop()
             runtime.workers.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(
+    app = ServeApp(
         title="model-serve",
         version=__version__,
         lifespan=lifespan,
         description="Serve PyTorch checkpoints with dynamic batching on every device.",
     )
     app.state.runtime = runtime
+    app.request_ids = RequestIds()
     app.include_router(router)
     _add_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, ids=app.request_ids)
     return app
 
 
@@ -125,8 +126,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_response(error)
 
     async def unexpected_error(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(ServeError(f"internal error: {type(exc).__name__}; see the server log"))
+        return _unexpected(request, exc)
 
     app.add_exception_handler(ServeError, serve_error)
     app.add_exception_handler(Exception, unexpected_error)
@@ -134,18 +134,15 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_error)
 
 
-class RequestIdMiddleware:
+class RequestIds:
     """Gives every request an id (the client's ``X-Request-ID`` when sane) and returns it."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self) -> None:
         self._prefix = os.urandom(4).hex()
         self._counter = 0
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def tag(self, scope: Scope, send: Send) -> Send:
+        """``send`` that adds the request's id to the answer; the id is also set for logging."""
         request_id = _client_request_id(scope) or self._next_id()
         REQUEST_ID.set(request_id)
         header = (b"x-request-id", request_id.encode())
@@ -155,11 +152,57 @@ class RequestIdMiddleware:
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        return send_with_id
 
     def _next_id(self) -> str:
         self._counter += 1
         return f"{self._prefix}-{self._counter:x}"
+
+
+class RequestIdMiddleware:
+    """Request ids for every route but the predict fast path (which tags its own)."""
+
+    def __init__(self, app: ASGIApp, ids: RequestIds) -> None:
+        self.app = app
+        self.ids = ids
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            send = self.ids.tag(scope, send)
+        await self.app(scope, receive, send)
+
+
+class ServeApp(FastAPI):
+    """FastAPI, except that ``POST /predict`` goes straight to its handler.
+
+    Measured here under load, the generic layers (error and telemetry middleware, body-limit
+    wrapper, router matching, exit stacks) took about a fifth of the event loop's time per
+    predict request: as much as decoding the image. The route stays registered, so the
+    OpenAPI page documents it; errors are answered in the same JSON form.
+    """
+
+    request_ids: RequestIds  # set by create_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/predict" and scope["method"] == "POST":
+            await self._predict(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def _predict(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self
+        send = self.request_ids.tag(scope, send)
+        request = Request(scope, receive, send)
+        try:
+            response = await predict(request)
+        except Exception as exc:
+            response = _unexpected(request, exc)
+        await response(scope, receive, send)
+
+
+def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(ServeError(f"internal error: {type(exc).__name__}; see the server log"))
 
 
 def _client_request_id(scope: Scope) -> str | None:

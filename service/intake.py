@@ -7,7 +7,6 @@ bounded in parts.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator
 
 from starlette.datastructures import Headers, UploadFile
@@ -18,7 +17,6 @@ from service.errors import (
     BadImage,
     ClientGone,
     InvalidParameter,
-    SlowUpload,
     TooLarge,
     UnsupportedMediaType,
 )
@@ -27,9 +25,9 @@ MAX_TOP_K = 1000
 IMAGE_TYPES = "image/png, image/jpeg, image/webp, image/bmp, image/gif, image/tiff"
 
 
-async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
-    """The whole body, ``TooLarge`` as soon as it passes ``limit`` bytes, ``SlowUpload`` when it
-    takes longer than ``timeout_s`` (a client trickling bytes holds a connection and memory)."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, or ``TooLarge`` as soon as it passes ``limit`` bytes (the caller bounds
+    the time: a client trickling bytes would hold a connection and memory)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -39,16 +37,13 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise TooLarge(f"the body is over the limit of {limit} bytes")
-                chunks.append(chunk)
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"the body is over the limit of {limit} bytes")
+            chunks.append(chunk)
     except ClientDisconnect:
         raise ClientGone("the client disconnected during the upload") from None
-    except TimeoutError:
-        raise SlowUpload(f"the body did not arrive within {timeout_s:g} s") from None
     return b"".join(chunks)
 
 

@@ -24,11 +24,12 @@ from service.errors import (
     NotReady,
     PredictionTimeout,
     ServeError,
+    SlowUpload,
     Unauthorized,
 )
 from service.intake import image_blobs, parse_top_k, read_body
 from service.postprocess import Job, mask_png
-from service.registry import ServedModel
+from service.registry import ModelVersion, ServedModel
 from service.render import classification_body, error_response, json_response, segmentation_body
 from service.runtime import Runtime
 
@@ -92,7 +93,25 @@ async def _predict(runtime: Runtime, request: Request, served: ServedModel) -> R
         raise NotReady(f"model {served.name!r} is not ready yet; retry shortly", headers={"Retry-After": "1"})
     top_k = parse_top_k(request.query_params.get("top_k"))
     server = runtime.config.server
-    body = await read_body(request, server.max_body_bytes, server.request_timeout_s)
+    uploading = True
+    try:  # one deadline (one timer) for the upload and the prediction
+        async with asyncio.timeout(server.request_timeout_s):
+            body = await read_body(request, server.max_body_bytes)
+            uploading = False
+            return await _answer(runtime, request, served, version, body, top_k)
+    except TimeoutError:
+        if uploading:
+            raise SlowUpload(f"the body did not arrive within {server.request_timeout_s:g} s") from None
+        raise PredictionTimeout(
+            f"no prediction within {server.request_timeout_s:g} s; the server is overloaded, retry later"
+        ) from None
+
+
+async def _answer(
+    runtime: Runtime, request: Request, served: ServedModel, version: ModelVersion, body: bytes, top_k: int
+) -> Response:
+    """Decode, queue, wait, render; cancelling this (deadline) also drops the queued images."""
+    server = runtime.config.server
     blobs = await image_blobs(request, body, max_images=server.max_images_per_request)
     loop = asyncio.get_running_loop()
     decode_started = time.monotonic()
@@ -106,7 +125,7 @@ async def _predict(runtime: Runtime, request: Request, served: ServedModel) -> R
     future = served.batcher.submit([Job(image, top_k) for image in images], tag=version)
     runtime.pending.add(future)
     try:
-        outputs = await _await_outputs(future, request, server.request_timeout_s)
+        outputs = await _await_outputs(future, request)
     finally:
         runtime.pending.discard(future)
     if served.spec.task == "classification":
@@ -132,24 +151,13 @@ def _prediction_response(served: ServedModel, version: str, predictions: list[An
     )
 
 
-async def _await_outputs(future: asyncio.Future[list[Any]], request: Request, timeout_s: float) -> list[Any]:
-    """The batch outputs, a 504 at the deadline, or ``ClientGone`` if the client hung up.
-
-    Settling the future early also drops the request's queued images: the batcher skips
-    items whose future is done.
-    """
-    loop = asyncio.get_running_loop()
-    timer = loop.call_later(
-        timeout_s,
-        _settle,
-        future,
-        PredictionTimeout(f"no prediction within {timeout_s:g} s; the server is overloaded, retry later"),
-    )
-    watcher = loop.create_task(_watch_disconnect(request, future))
+async def _await_outputs(future: asyncio.Future[list[Any]], request: Request) -> list[Any]:
+    """The batch outputs, or ``ClientGone`` if the client hung up (its images are then skipped:
+    the batcher drops items whose future is done)."""
+    watcher = asyncio.get_running_loop().create_task(_watch_disconnect(request, future))
     try:
         return await future
     finally:
-        timer.cancel()
         watcher.cancel()
 
 
