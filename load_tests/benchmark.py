@@ -39,7 +39,7 @@ from models.demo import CHECKPOINT_DIR, DIGITS, SAMPLES_DIR, SHAPES, DemoModel
 from service.config import ServeConfig, load_config
 from service.decode import decode_image
 from service.devices import available_cores
-from service.postprocess import Classification, Job, Segmentation, classify, mask_png, segment
+from service.postprocess import Classification, Job, Segmentation, classify, segment
 
 try:
     from load_tests.naive_server import load_model
@@ -111,8 +111,12 @@ def demo_entry(demo: DemoModel, folder: Path) -> dict[str, Any]:
         "architecture": demo.architecture,
         "init_args": dict(demo.init_args),
         "checkpoint": demo.checkpoint_file,
-        "input": {"size": list(demo.size), "channels": demo.channels,
-                  "mean": list(demo.mean), "std": list(demo.std)},
+        "input": {
+            "size": list(demo.size),
+            "channels": demo.channels,
+            "mean": list(demo.mean),
+            "std": list(demo.std),
+        },
         "labels": list(demo.labels),
     }
 
@@ -125,8 +129,12 @@ def resnet18_entry(folder: Path) -> dict[str, Any]:
         "task": "classification",
         "architecture": "torchvision.models:resnet18",
         "checkpoint": "resnet18.pt",
-        "input": {"size": [224, 224], "channels": 3,
-                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "input": {
+            "size": [224, 224],
+            "channels": 3,
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+        },
     }
 
 
@@ -160,20 +168,21 @@ def raw_pipeline(config: ServeConfig, name: str) -> Callable[[bytes, int], list[
     segmenting = spec.task == "segmentation"
 
     def run(body: bytes, batch: int) -> list[Result]:
-        jobs = [Job(decode_image(body, spec.input, max_pixels=config.server.max_image_pixels))
-                for _ in range(batch)]
+        jobs = [
+            Job(decode_image(body, spec.input, max_pixels=config.server.max_image_pixels))
+            for _ in range(batch)
+        ]
         logits = model(torch.stack([job.image.pixels for job in jobs]))
+        # segment() encodes every mask to PNG too, as the server does
         results: list[Result] = list(segment(logits, jobs) if segmenting else classify(logits, jobs))
-        for result in results:
-            if isinstance(result, Segmentation):
-                mask_png(result.mask)  # the server encodes every mask too
         return results
 
     return run
 
 
-def time_raw(name: str, run: Callable[[bytes, int], list[Result]], body: bytes, batch: int,
-             seconds: float) -> RawResult:
+def time_raw(
+    name: str, run: Callable[[bytes, int], list[Result]], body: bytes, batch: int, seconds: float
+) -> RawResult:
     """Warm up, then time whole batches for ``seconds`` (at least five)."""
     for _ in range(3):
         run(body, batch)
@@ -186,8 +195,9 @@ def time_raw(name: str, run: Callable[[bytes, int], list[Result]], body: bytes, 
     return RawResult(name, batch, batch * len(times) / sum(times), float(p50), float(p99))
 
 
-def measure_raw(config: ServeConfig, bodies: dict[str, bytes], seconds: float
-                ) -> tuple[list[RawResult], dict[str, Result]]:
+def measure_raw(
+    config: ServeConfig, bodies: dict[str, bytes], seconds: float
+) -> tuple[list[RawResult], dict[str, Result]]:
     """Every batch size of every model, and each model's answer for the reference check."""
     rows, expected = [], {}
     for name, body in bodies.items():
@@ -219,8 +229,17 @@ def serving(system: str, config_path: Path, folder: Path) -> Iterator[str]:
     # the config alone decides: no MODEL_SERVE_* override from the caller's environment
     env = {key: value for key, value in os.environ.items() if not key.startswith("MODEL_SERVE_")}
     log_path = folder / f"{system}.log"
-    command = [sys.executable, "-m", *SERVERS[system], "--config", str(config_path),
-               "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        *SERVERS[system],
+        "--config",
+        str(config_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with log_path.open("wb") as output:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
         try:
@@ -262,8 +281,13 @@ def settle(url: str) -> None:
 def check_answer(system: str, url: str, name: str, body: bytes, expected: Result) -> None:
     """One request: a 200 whose class or mask is exactly the in-process answer."""
     content_type = BENCHES[name].content_type
-    response = httpx.post(f"{url}/predict", params={"model": name}, content=body,
-                          headers={"Content-Type": content_type}, timeout=60)
+    response = httpx.post(
+        f"{url}/predict",
+        params={"model": name},
+        content=body,
+        headers={"Content-Type": content_type},
+        timeout=60,
+    )
     if response.status_code != 200:
         raise RuntimeError(f"{system} {name}: {response.status_code} {response.text[:300]}")
     prediction = response.json()["predictions"][0]
@@ -277,9 +301,14 @@ def check_answer(system: str, url: str, name: str, body: bytes, expected: Result
     log(f"{system} {name}: answer matches the in-process one")
 
 
-def measure_servers(config_path: Path, folder: Path, images: dict[str, Path],
-                    expected: dict[str, Result], clients: Sequence[int], seconds: int
-                    ) -> Load:
+def measure_servers(
+    config_path: Path,
+    folder: Path,
+    images: dict[str, Path],
+    expected: dict[str, Result],
+    clients: Sequence[int],
+    seconds: int,
+) -> Load:
     """Both servers up at once and checked, then loaded in turn: each naive / model-serve pair
     of runs is adjacent in time, so background load on a shared machine hits both alike."""
     script = write_script(folder)
@@ -292,12 +321,20 @@ def measure_servers(config_path: Path, folder: Path, images: dict[str, Path],
         for name, path in images.items():
             for count in clients:
                 for system, url in urls.items():
-                    result = run_wrk(f"{url}/predict?model={name}", script, path,
-                                     BENCHES[name].content_type, clients=count, seconds=seconds)
+                    result = run_wrk(
+                        f"{url}/predict?model={name}",
+                        script,
+                        path,
+                        BENCHES[name].content_type,
+                        clients=count,
+                        seconds=seconds,
+                    )
                     results[name, system, count] = result
                     settle(url)
-                    log(f"{system} {name} c={count}: {result.rps:,.1f} img/s p50 {result.p50_ms:.2f} ms "
-                        f"p99 {result.p99_ms:.2f} ms errors {result.errors}")
+                    log(
+                        f"{system} {name} c={count}: {result.rps:,.1f} img/s p50 {result.p50_ms:.2f} ms "
+                        f"p99 {result.p99_ms:.2f} ms errors {result.errors}"
+                    )
     return results
 
 
@@ -307,8 +344,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", default="1,8,32", help="comma-separated wrk connection counts")
     parser.add_argument("--models", default=",".join(BENCHES), help=f"comma-separated, of {list(BENCHES)}")
     parser.add_argument("--out", type=Path, default=Path("reports"))
-    parser.add_argument("--threads", type=int, default=available_cores(),
-                        help="torch threads, the same for raw and both servers (default: free cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=available_cores(),
+        help="torch threads, the same for raw and both servers (default: free cores)",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     args.clients = [int(count) for count in args.clients.split(",")]
@@ -330,10 +371,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         images = {name: write_image(name, folder) for name in args.models}
         bodies = {name: path.read_bytes() for name, path in images.items()}
         settings = {
-            "duration_s": args.duration, "torch_threads": args.threads, "torch": torch.__version__,
+            "duration_s": args.duration,
+            "torch_threads": args.threads,
+            "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M"),
-            "inputs": ", ".join(f"{name} {path.suffix[1:]} {len(bodies[name]):,} B"
-                                for name, path in images.items()),
+            "inputs": ", ".join(
+                f"{name} {path.suffix[1:]} {len(bodies[name]):,} B" for name, path in images.items()
+            ),
         }
         raw, expected = measure_raw(config, bodies, args.duration / 5)
         load = measure_servers(config_path, folder, images, expected, args.clients, args.duration)

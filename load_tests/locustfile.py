@@ -55,19 +55,28 @@ MAX_BATCH = 4  # files per multipart request: 1..MAX_BATCH
 def _add_arguments(parser: LocustArgumentParser) -> None:
     """Options of this locustfile (also settable through the LOCUST_* variables named below)."""
     parser.add_argument(
-        "--samples-dir", default=str(DEFAULT_SAMPLES), env_var="LOCUST_SAMPLES_DIR",
+        "--samples-dir",
+        default=str(DEFAULT_SAMPLES),
+        env_var="LOCUST_SAMPLES_DIR",
         help="folder of digit_<k>.png and shapes_* sample images",
     )
     parser.add_argument(
-        "--reload-dir", default="", env_var="LOCUST_RELOAD_DIR",
+        "--reload-dir",
+        default="",
+        env_var="LOCUST_RELOAD_DIR",
         help="local copy of the server's checkpoint_root (to compute the reload files' versions)",
     )
     parser.add_argument(
-        "--reload-checkpoints", default="", env_var="LOCUST_RELOAD_CHECKPOINTS",
+        "--reload-checkpoints",
+        default="",
+        env_var="LOCUST_RELOAD_CHECKPOINTS",
         help="comma-separated digits checkpoint files under checkpoint_root to alternate between",
     )
     parser.add_argument(
-        "--reload-interval", type=float, default=1.0, env_var="LOCUST_RELOAD_INTERVAL",
+        "--reload-interval",
+        type=float,
+        default=1.0,
+        env_var="LOCUST_RELOAD_INTERVAL",
         help="seconds between two reloads",
     )
 
@@ -92,8 +101,11 @@ def _write_final_csv(**_kwargs: Any) -> None:
     if not prefix:
         return
     writer = StatsCSV(_ENVIRONMENT[0], PERCENTILES_TO_REPORT)
-    for kind, write in (("stats", writer.requests_csv), ("failures", writer.failures_csv),
-                        ("exceptions", writer.exceptions_csv)):
+    for kind, write in (
+        ("stats", writer.requests_csv),
+        ("failures", writer.failures_csv),
+        ("exceptions", writer.exceptions_csv),
+    ):
         with open(f"{prefix}_final_{kind}.csv", "w", newline="") as handle:
             write(csv.writer(handle))
 
@@ -126,8 +138,10 @@ def load_samples(folder: Path) -> tuple[list[Sample], list[Sample]]:
         elif path.name.startswith("shapes"):
             shapes.append(Sample(path.name, data, content_type, size, None))
     if not digits or not shapes:
-        raise RuntimeError(f"{folder}: need digit_<k>.* and shapes_* sample images (found "
-                           f"{len(digits)} digits, {len(shapes)} shapes)")
+        raise RuntimeError(
+            f"{folder}: need digit_<k>.* and shapes_* sample images (found "
+            f"{len(digits)} digits, {len(shapes)} shapes)"
+        )
     return digits, shapes
 
 
@@ -302,8 +316,11 @@ class DigitsUser(_SampleUser):
     def raw(self) -> None:
         sample = random.choice(self._digits)
         with self.client.post(
-            "/predict?model=digits", data=sample.data, headers={"Content-Type": sample.content_type},
-            name="/predict digits raw", catch_response=True,
+            "/predict?model=digits",
+            data=sample.data,
+            headers={"Content-Type": sample.content_type},
+            name="/predict digits raw",
+            catch_response=True,
         ) as response:
             self._check(response, [sample])
 
@@ -312,8 +329,11 @@ class DigitsUser(_SampleUser):
         sent = random.choices(self._digits, k=random.randint(1, MAX_BATCH))
         body, content_type = multipart(sent)
         with self.client.post(
-            "/predict?model=digits", data=body, headers={"Content-Type": content_type},
-            name="/predict digits multipart", catch_response=True,
+            "/predict?model=digits",
+            data=body,
+            headers={"Content-Type": content_type},
+            name="/predict digits multipart",
+            catch_response=True,
         ) as response:
             self._check(response, sent)
 
@@ -332,8 +352,11 @@ class ShapesUser(_SampleUser):
     def raw(self) -> None:
         sample = random.choice(self._shapes)
         with self.client.post(
-            "/predict?model=shapes", data=sample.data, headers={"Content-Type": sample.content_type},
-            name="/predict shapes raw", catch_response=True,
+            "/predict?model=shapes",
+            data=sample.data,
+            headers={"Content-Type": sample.content_type},
+            name="/predict shapes raw",
+            catch_response=True,
         ) as response:
             self._check(response, [sample])
 
@@ -342,8 +365,11 @@ class ShapesUser(_SampleUser):
         sample = random.choice(self._shapes)
         headers = {"Content-Type": sample.content_type, "Accept": "image/png"}
         with self.client.post(
-            "/predict?model=shapes", data=sample.data, headers=headers,
-            name="/predict shapes raw (Accept: image/png)", catch_response=True,
+            "/predict?model=shapes",
+            data=sample.data,
+            headers=headers,
+            name="/predict shapes raw (Accept: image/png)",
+            catch_response=True,
         ) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
@@ -356,8 +382,11 @@ class ShapesUser(_SampleUser):
         sent = random.choices(self._shapes, k=random.randint(1, 2))
         body, content_type = multipart(sent)
         with self.client.post(
-            "/predict?model=shapes", data=body, headers={"Content-Type": content_type},
-            name="/predict shapes multipart", catch_response=True,
+            "/predict?model=shapes",
+            data=body,
+            headers={"Content-Type": content_type},
+            name="/predict shapes multipart",
+            catch_response=True,
         ) as response:
             self._check(response, sent)
 
@@ -389,8 +418,11 @@ class AdminUser(FastHttpUser):
     def reload(self) -> None:
         name, expected = next((f for f in self.files if f[1] != self.current), self.files[0])
         with self.client.post(
-            "/models/digits/reload", json={"checkpoint": name}, headers=self.headers,
-            name="/models/digits/reload", catch_response=True,
+            "/models/digits/reload",
+            json={"checkpoint": name},
+            headers=self.headers,
+            name="/models/digits/reload",
+            catch_response=True,
         ) as response:
             body = _body(response)
             if body is None:

@@ -25,7 +25,7 @@ from service.checkpoint import load_weights
 from service.config import ModelSpec, ServeConfig, load_config
 from service.decode import decode_image
 from service.devices import available_cores
-from service.postprocess import Job, classify, mask_png, segment
+from service.postprocess import Job, classify, segment
 from service.render import classification_body, segmentation_body
 from service.replica import DeviceModel
 
@@ -57,7 +57,7 @@ def predict_one(loaded: NaiveModel, body: bytes, top_k: int, max_pixels: int) ->
         if spec.task == "classification":
             return classification_body(classify(logits, jobs), spec.labels)
         results = segment(logits, jobs)
-    return segmentation_body(results, [mask_png(result.mask) for result in results])
+    return segmentation_body(results)
 
 
 def create_app(config: ServeConfig) -> FastAPI:
@@ -73,8 +73,12 @@ def create_app(config: ServeConfig) -> FastAPI:
         loaded = models[name]
         torch.set_num_threads(loaded.spec.torch_threads or config.server.torch_threads or available_cores())
         predictions = predict_one(loaded, await request.body(), top_k, config.server.max_image_pixels)
-        return {"model": name, "version": loaded.version, "task": loaded.spec.task,
-                "predictions": predictions}
+        return {
+            "model": name,
+            "version": loaded.version,
+            "task": loaded.spec.task,
+            "predictions": predictions,
+        }
 
     @app.get("/readyz")
     async def readyz() -> dict[str, str]:

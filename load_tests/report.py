@@ -57,23 +57,39 @@ def compute_targets(raw: list[RawResult], load: Load) -> list[Target]:
     for name in ("shapes", "resnet18"):
         if (name, SERVE, 32) in load:
             ratio = load[name, SERVE, 32].rps / best[name]
-            found.append(Target(f"{name} 32 clients: model-serve / raw best", ratio, "x", ">= 0.95",
-                                ratio >= 0.95))
+            found.append(
+                Target(f"{name} 32 clients: model-serve / raw best", ratio, "x", ">= 0.95", ratio >= 0.95)
+            )
         if (name, SERVE, 32) in load and (name, SERVE, 8) in load:
             ratio = load[name, SERVE, 32].rps / load[name, SERVE, 8].rps
-            found.append(Target(f"{name} model-serve: 32 clients / 8 clients", ratio, "x",
-                                f">= {NO_DROP} (no drop)", ratio >= NO_DROP))
+            found.append(
+                Target(
+                    f"{name} model-serve: 32 clients / 8 clients",
+                    ratio,
+                    "x",
+                    f">= {NO_DROP} (no drop)",
+                    ratio >= NO_DROP,
+                )
+            )
     if ("digits", SERVE, 32) in load:
         serve = load["digits", SERVE, 32]
         ratio = serve.rps / load["digits", NAIVE, 32].rps
         found.append(Target("digits 32 clients: model-serve / naive", ratio, "x", ">= 1.8", ratio >= 1.8))
-        found.append(Target("digits 32 clients: model-serve p99", serve.p99_ms, " ms", "< 30 ms",
-                            serve.p99_ms < 30))
+        found.append(
+            Target("digits 32 clients: model-serve p99", serve.p99_ms, " ms", "< 30 ms", serve.p99_ms < 30)
+        )
     for row in raw:
         if row.batch == 1 and (row.model, SERVE, 1) in load:
             extra = load[row.model, SERVE, 1].p50_ms - row.p50_ms
-            found.append(Target(f"{row.model} 1 client: model-serve p50 - raw batch-1 p50", extra, " ms",
-                                "<= 1 ms", extra <= 1.0))
+            found.append(
+                Target(
+                    f"{row.model} 1 client: model-serve p50 - raw batch-1 p50",
+                    extra,
+                    " ms",
+                    "<= 1 ms",
+                    extra <= 1.0,
+                )
+            )
     errors = sum(result.errors for result in load.values())
     found.append(Target("failed answers (non-2xx + socket errors), all runs", errors, "", "0", errors == 0))
     return found
@@ -81,30 +97,54 @@ def compute_targets(raw: list[RawResult], load: Load) -> list[Target]:
 
 def table(raw: list[RawResult], load: Load) -> list[str]:
     """Markdown rows per model: raw batches first, then each server at each client count."""
-    lines = ["| model | system | load | img/s | p50 ms | p99 ms | errors |",
-             "|---|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| model | system | load | img/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
     for name in dict.fromkeys(row.model for row in raw):
-        lines += [f"| {name} | raw | batch {r.batch} | {r.images_per_s:,.1f} | {r.p50_ms:.2f} | "
-                  f"{r.p99_ms:.2f} | - |" for r in raw if r.model == name]
-        lines += [f"| {name} | {system} | {count} client{'s' * (count != 1)} | {w.rps:,.1f} | "
-                  f"{w.p50_ms:.2f} | {w.p99_ms:.2f} | {w.errors} |"
-                  for (model, system, count), w in load.items() if model == name]
+        lines += [
+            f"| {name} | raw | batch {r.batch} | {r.images_per_s:,.1f} | {r.p50_ms:.2f} | "
+            f"{r.p99_ms:.2f} | - |"
+            for r in raw
+            if r.model == name
+        ]
+        lines += [
+            f"| {name} | {system} | {count} client{'s' * (count != 1)} | {w.rps:,.1f} | "
+            f"{w.p50_ms:.2f} | {w.p99_ms:.2f} | {w.errors} |"
+            for (model, system, count), w in load.items()
+            if model == name
+        ]
     return lines
 
 
-def write_report(out: Path, settings: dict[str, Any], raw: list[RawResult], load: Load,
-                 targets: list[Target]) -> str:
+def write_report(
+    out: Path, settings: dict[str, Any], raw: list[RawResult], load: Load, targets: list[Target]
+) -> str:
     """The report as markdown text (also ``benchmark.md``) and every figure in ``benchmark.json``."""
     header = ", ".join(f"{key} {value}" for key, value in settings.items())
-    text = "\n".join([f"# model-serve benchmark ({header})", "", *table(raw, load), "", "## Targets", "",
-                      *(f"- {target.line()}" for target in targets)]) + "\n"
+    text = (
+        "\n".join(
+            [
+                f"# model-serve benchmark ({header})",
+                "",
+                *table(raw, load),
+                "",
+                "## Targets",
+                "",
+                *(f"- {target.line()}" for target in targets),
+            ]
+        )
+        + "\n"
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmark.md").write_text(text)
     figures = {
         "settings": settings,
         "raw": [asdict(row) for row in raw],
-        "load": [{"model": model, "system": system, "clients": count, "images_per_s": w.rps, **asdict(w)}
-                 for (model, system, count), w in load.items()],
+        "load": [
+            {"model": model, "system": system, "clients": count, "images_per_s": w.rps, **asdict(w)}
+            for (model, system, count), w in load.items()
+        ],
         "targets": [asdict(target) for target in targets],
     }
     (out / "benchmark.json").write_text(json.dumps(figures, indent=2) + "\n")

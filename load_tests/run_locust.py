@@ -81,8 +81,11 @@ def judge(stats_csv: Path, max_p99_ms: float, exceptions_csv: Path | None = None
     if requests == 0:
         problems.append("no requests were made")
     if failures:
-        failing = [f"{row['Name']} ({row['Failure Count']})" for row in rows
-                   if row.get("Name") != "Aggregated" and int(row["Failure Count"])]
+        failing = [
+            f"{row['Name']} ({row['Failure Count']})"
+            for row in rows
+            if row.get("Name") != "Aggregated" and int(row["Failure Count"])
+        ]
         problems.append(f"{failures} request(s) failed: " + ", ".join(failing))
     if p99 is not None and p99 > max_p99_ms:
         problems.append(f"p99 {p99:g} ms is above {max_p99_ms:g} ms")
@@ -131,8 +134,11 @@ def write_config(folder: Path) -> Path:
     if digits.checkpoint.name != DIGITS_FILES[0]:
         raise RuntimeError(f"the demo digits checkpoint is {digits.checkpoint.name}, not {DIGITS_FILES[0]}")
     tensors = load_file(folder / DIGITS_FILES[0])
-    last_bias = [key for key in build_model(digits.architecture, digits.init_args).state_dict()
-                 if key.endswith(".bias")][-1]
+    last_bias = [
+        key
+        for key in build_model(digits.architecture, digits.init_args).state_dict()
+        if key.endswith(".bias")
+    ][-1]
     tensors[last_bias] = tensors[last_bias] + BIAS_NUDGE  # every logit + c: same softmax, new file
     save_file(tensors, folder / DIGITS_FILES[1])
     path = folder / "config.yaml"
@@ -160,7 +166,10 @@ class Server:
         port = self.url.rsplit(":", 1)[1]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--port", port],
-            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -194,12 +203,33 @@ def run_locust(args: argparse.Namespace, url: str, checkpoint_root: Path, token:
     """Locust headless against ``url``; its output goes to ``--out/locust.log`` and is printed."""
     out: Path = args.out
     command = [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-        "-u", str(args.users), "-r", str(args.spawn_rate or args.users), "-t", f"{args.duration}s",
-        "--stop-timeout", str(STOP_TIMEOUT_S), "--host", url,
-        "--csv", str(out / CSV_PREFIX), "--html", str(out / "locust.html"), "--only-summary",
-        "--reload-dir", str(checkpoint_root), "--reload-checkpoints", ",".join(DIGITS_FILES),
-        "--reload-interval", str(args.reload_interval),
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "-u",
+        str(args.users),
+        "-r",
+        str(args.spawn_rate or args.users),
+        "-t",
+        f"{args.duration}s",
+        "--stop-timeout",
+        str(STOP_TIMEOUT_S),
+        "--host",
+        url,
+        "--csv",
+        str(out / CSV_PREFIX),
+        "--html",
+        str(out / "locust.html"),
+        "--only-summary",
+        "--reload-dir",
+        str(checkpoint_root),
+        "--reload-checkpoints",
+        ",".join(DIGITS_FILES),
+        "--reload-interval",
+        str(args.reload_interval),
     ]
     env = {**os.environ, "MODEL_SERVE_ADMIN_TOKEN": token, "PYTHONPATH": str(REPO)}
     log_path = out / "locust.log"
@@ -219,8 +249,11 @@ def run_locust(args: argparse.Namespace, url: str, checkpoint_root: Path, token:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the whole load test; returns 0 only for a passing verdict."""
-    parser = argparse.ArgumentParser(prog="python load_tests/run_locust.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python load_tests/run_locust.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--duration", type=int, default=30, help="seconds of load")
     parser.add_argument("--max-p99-ms", type=float, default=2000.0, help="aggregated p99 limit")
@@ -242,8 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = Server(config, args.out / "server.log", token)
         try:
             server.wait_ready(READY_TIMEOUT_S)
-            print(f"server ready at {server.url} (log: {args.out / 'server.log'}); "
-                  f"locust: {args.users} users for {args.duration} s", flush=True)
+            print(
+                f"server ready at {server.url} (log: {args.out / 'server.log'}); "
+                f"locust: {args.users} users for {args.duration} s",
+                flush=True,
+            )
             code = run_locust(args, server.url, root, token)
         finally:
             server_code = server.stop()
@@ -251,11 +287,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     verdict = judge(stats_csv, args.max_p99_ms, exceptions_csv)
     print(f"reports: {args.out}/{CSV_PREFIX}_*.csv, {args.out}/locust.html")
     if code != 0:  # 1 for failed requests (named by the verdict) or errors in the users' code
-        verdict = Verdict(verdict.requests, verdict.failures, verdict.p99_ms,
-                          (*verdict.problems, f"locust exited with {code}"))
+        verdict = Verdict(
+            verdict.requests,
+            verdict.failures,
+            verdict.p99_ms,
+            (*verdict.problems, f"locust exited with {code}"),
+        )
     if server_code != 0:
-        verdict = Verdict(verdict.requests, verdict.failures, verdict.p99_ms,
-                          (*verdict.problems, f"the server exited with {server_code} after SIGTERM"))
+        verdict = Verdict(
+            verdict.requests,
+            verdict.failures,
+            verdict.p99_ms,
+            (*verdict.problems, f"the server exited with {server_code} after SIGTERM"),
+        )
     print(verdict.line(args.max_p99_ms))
     return 0 if verdict.ok else 1
 

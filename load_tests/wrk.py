@@ -66,12 +66,23 @@ def write_script(folder: Path) -> Path:
     return path
 
 
-def run_wrk(url: str, script: Path, body: Path, content_type: str, *, clients: int,
-            seconds: int) -> WrkResult:
+def run_wrk(
+    url: str, script: Path, body: Path, content_type: str, *, clients: int, seconds: int
+) -> WrkResult:
     """One thread, ``clients`` keep-alive connections, raw-body POSTs of ``body``."""
     command = [
-        WRK, "-t1", f"-c{clients}", f"-d{seconds}s", f"--timeout={_TIMEOUT_S}s",
-        "--latency", "-s", str(script), url, "--", str(body), content_type,
+        WRK,
+        "-t1",
+        f"-c{clients}",
+        f"-d{seconds}s",
+        f"--timeout={_TIMEOUT_S}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+        "--",
+        str(body),
+        content_type,
     ]
     finished = subprocess.run(command, capture_output=True, text=True, check=True)
     line = next((ln for ln in finished.stdout.splitlines() if ln.startswith(_MARK)), None)

@@ -71,9 +71,12 @@ class Batch(Generic[PayloadT]):
         return min(item.enqueued_at for item in self.items)
 
     def settle(self, outputs: Sequence[Any]) -> None:
-        """Hands output ``i`` to the request that queued item ``i``."""
+        """Hands output ``i`` to the request that queued item ``i``; an exception fails it."""
         for item, output in zip(self.items, outputs, strict=True):
-            item.ticket.settle_one(item.index, output)
+            if isinstance(output, BaseException):
+                item.ticket.fail(output)
+            else:
+                item.ticket.settle_one(item.index, output)
 
     def fail(self, error: BaseException) -> None:
         """Fails every request with an item in this batch (and only those)."""

@@ -22,9 +22,10 @@ from service.errors import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One image of a request on its way through the batcher."""
+    """One image of a request on its way through the batcher: decoded already, or only opened
+    (header checked) when a CPU replica decodes it on its own thread between forwards."""
 
-    image: DecodedImage
+    image: DecodedImage | Image.Image
     top_k: int = 5
 
 
@@ -41,9 +42,10 @@ class Classification:
 
 @dataclass(frozen=True, slots=True)
 class Segmentation:
-    """A class-index mask at the input image's own size, and pixels per class."""
+    """A class-index mask at the input image's own size, as an array and as PNG bytes."""
 
     mask: np.ndarray
+    png: bytes
     class_pixel_counts: dict[str, int]
 
 
@@ -94,11 +96,13 @@ def segment(logits: torch.Tensor, jobs: Sequence[Job]) -> list[Segmentation]:
         raise ConfigError(f"masks are 8-bit PNGs: at most 256 classes, got {logits.shape[1]}")
     results = []
     for row, job in zip(logits, jobs, strict=True):
+        assert isinstance(job.image, DecodedImage)
         size = (job.image.height, job.image.width)
         upsampled = F.interpolate(row[None].float(), size=size, mode="bilinear", align_corners=False)
         mask = upsampled[0].argmax(dim=0).to(torch.uint8)
         counts = torch.bincount(mask.flatten(), minlength=row.shape[0]).cpu().tolist()
-        results.append(Segmentation(mask.cpu().numpy(), {str(i): n for i, n in enumerate(counts)}))
+        array = mask.cpu().numpy()
+        results.append(Segmentation(array, mask_png(array), {str(i): n for i, n in enumerate(counts)}))
     return results
 
 

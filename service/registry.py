@@ -60,6 +60,11 @@ class ServedModel:
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
+    def decodes_on_replicas(self) -> bool:
+        """CPU replicas decode their own batches (see replica.py); GPU ones get decoded images."""
+        return all(replica.device.type == "cpu" for replica in self.replicas)
+
+    @property
     def devices(self) -> list[str]:
         return [replica.device_key for replica in self.replicas]
 

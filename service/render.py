@@ -42,16 +42,16 @@ def classification_body(
     return predictions
 
 
-def segmentation_body(results: Sequence[Segmentation], pngs: Sequence[bytes]) -> list[dict[str, Any]]:
+def segmentation_body(results: Sequence[Segmentation]) -> list[dict[str, Any]]:
     """Per image: its size, the class-index mask as base64 PNG, and pixels per class."""
     return [
         {
             "width": int(result.mask.shape[1]),
             "height": int(result.mask.shape[0]),
-            "mask_png_base64": base64.b64encode(png).decode("ascii"),
+            "mask_png_base64": base64.b64encode(result.png).decode("ascii"),
             "class_pixel_counts": result.class_pixel_counts,
         }
-        for result, png in zip(results, pngs, strict=True)
+        for result in results
     ]
 
 

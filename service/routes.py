@@ -7,17 +7,18 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.routing import APIRoute
+from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from service import schemas
 from service.checkpoint_paths import resolve_checkpoint
-from service.decode import is_tiny, open_image, prepare_images
+from service.decode import DecodedImage, is_tiny, open_image, prepare_images
 from service.errors import (
     ClientGone,
     InvalidParameter,
@@ -28,7 +29,7 @@ from service.errors import (
     Unauthorized,
 )
 from service.intake import image_blobs, parse_top_k, read_body
-from service.postprocess import Job, mask_png
+from service.postprocess import Job
 from service.registry import ModelVersion, ServedModel
 from service.render import classification_body, error_response, json_response, segmentation_body
 from service.runtime import Runtime
@@ -116,8 +117,11 @@ async def _answer(
     loop = asyncio.get_running_loop()
     decode_started = time.monotonic()
     opened = [open_image(blob, max_pixels=server.max_image_pixels) for blob in blobs]
-    if is_tiny(opened):
+    images: Sequence[DecodedImage | Image.Image]
+    if is_tiny(opened):  # cheaper than any thread hop
         images = prepare_images(opened, served.spec.input)
+    elif served.decodes_on_replicas:
+        images = opened
     else:
         images = await loop.run_in_executor(runtime.workers, prepare_images, opened, served.spec.input)
     served.metrics.decode_duration.observe(time.monotonic() - decode_started)
@@ -131,18 +135,13 @@ async def _answer(
     if served.spec.task == "classification":
         predictions = classification_body(outputs, served.spec.labels)
         return _prediction_response(served, version.version, predictions)
-    pngs = await loop.run_in_executor(runtime.workers, _encode_masks, outputs)
-    if len(pngs) == 1 and "image/png" in request.headers.get("accept", ""):
+    if len(outputs) == 1 and "image/png" in request.headers.get("accept", ""):
         return Response(
-            pngs[0],
+            outputs[0].png,
             media_type="image/png",
             headers={"X-Model": served.name, "X-Model-Version": version.version},
         )
-    return _prediction_response(served, version.version, segmentation_body(outputs, pngs))
-
-
-def _encode_masks(outputs: list[Any]) -> list[bytes]:
-    return [mask_png(output.mask) for output in outputs]
+    return _prediction_response(served, version.version, segmentation_body(outputs))
 
 
 def _prediction_response(served: ServedModel, version: str, predictions: list[Any]) -> Response:

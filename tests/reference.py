@@ -20,7 +20,9 @@ def preprocess(
     """[1, C, H, W] float input, and the oriented (width, height) of the upload."""
     image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
     original = image.size
-    image = image.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    image = image.convert("L" if channels == 1 else "RGB").resize(
+        (size[1], size[0]), Image.Resampling.BILINEAR
+    )
     array = np.asarray(image, dtype=np.float32) / 255.0
     if array.ndim == 2:
         array = array[:, :, None]

@@ -37,7 +37,9 @@ class ServerProcess:
         child_env.pop("MODEL_SERVE_CONFIG", None)
         child_env.update(env or {})
         self._log = log_path.open("wb")
-        self.process = subprocess.Popen(args, cwd=REPO, env=child_env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            args, cwd=REPO, env=child_env, stdout=self._log, stderr=subprocess.STDOUT
+        )
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
         deadline = time.monotonic() + timeout_s

@@ -23,7 +23,9 @@ from service.runtime import Runtime
 ADMIN = {"Authorization": "Bearer test-token"}
 
 
-def save_random_weights(architecture: str, init_args: Mapping[str, Any], path: Path, seed: int = 0) -> torch.nn.Module:
+def save_random_weights(
+    architecture: str, init_args: Mapping[str, Any], path: Path, seed: int = 0
+) -> torch.nn.Module:
     """A seeded model of ``architecture``, its state_dict saved by ``torch.save`` at ``path``."""
     torch.manual_seed(seed)
     model = build_model(architecture, init_args).eval()

@@ -51,7 +51,9 @@ def _expect(answer: httpx.Response, status: int, code: str) -> None:
     ],
     ids=["empty", "random-bytes", "truncated", "broken-gif", "text", "no-type", "json"],
 )
-def test_bad_bodies(demo_server: ServerProcess, content: bytes, headers: dict[str, str], status: int, code: str) -> None:
+def test_bad_bodies(
+    demo_server: ServerProcess, content: bytes, headers: dict[str, str], status: int, code: str
+) -> None:
     _expect(httpx.post(f"{demo_server.url}/predict", content=content, headers=headers), status, code)
 
 
@@ -84,7 +86,9 @@ def test_too_many_parts_is_413(demo_server: ServerProcess) -> None:
 
 
 def test_multipart_without_file_part_is_400(demo_server: ServerProcess) -> None:
-    answer = httpx.post(f"{demo_server.url}/predict", data={"note": "no image"}, files=[("other", ("a.png", GOOD))])
+    answer = httpx.post(
+        f"{demo_server.url}/predict", data={"note": "no image"}, files=[("other", ("a.png", GOOD))]
+    )
     _expect(answer, 400, "bad_image")
 
 
@@ -109,4 +113,9 @@ def test_server_stays_healthy_after_bad_input(demo_server: ServerProcess, sample
     answer = httpx.post(f"{demo_server.url}/predict", content=GOOD, headers=PNG)
     assert answer.status_code == 200
     assert answer.headers["x-request-id"]
-    assert httpx.get(f"{demo_server.url}/models/digits", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code == 200
+    assert (
+        httpx.get(
+            f"{demo_server.url}/models/digits", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        ).status_code
+        == 200
+    )

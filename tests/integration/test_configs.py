@@ -28,8 +28,13 @@ def anyio_backend() -> str:
 async def test_tuple_output_serves_the_named_logits(tmp_path: Path, output: int | None, index: int) -> None:
     args = {"in_channels": 3, "num_classes": 4}
     model = save_random_weights("tests.archs:tuple_classifier", args, tmp_path / "t.pt")
-    entry = model_entry("tests.archs:tuple_classifier", "t.pt", init_args=args, output=output,
-                        input={"size": [16, 16], "channels": 3, "mean": [0.5], "std": [0.25]})
+    entry = model_entry(
+        "tests.archs:tuple_classifier",
+        "t.pt",
+        init_args=args,
+        output=output,
+        input={"size": [16, 16], "channels": 3, "mean": [0.5], "std": [0.25]},
+    )
     image = png(None, mode="RGB")
     async with serving(write_config(tmp_path, {"multi": entry})) as (client, _):
         answer = await client.post("/predict", content=image, headers=PNG)
@@ -48,9 +53,15 @@ async def test_torchvision_segmentation_dict_output(tmp_path: Path, output: str 
     args = {"weights": None, "weights_backbone": None, "num_classes": 3, "aux_loss": True}
     model = save_random_weights(architecture, args, tmp_path / "seg.pt")
     size, mean, std = [48, 48], [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    entry = model_entry(architecture, "seg.pt", task="segmentation", init_args=args, output=output,
-                        input={"size": size, "channels": 3, "mean": mean, "std": std},
-                        batching={"max_batch_size": 2})
+    entry = model_entry(
+        architecture,
+        "seg.pt",
+        task="segmentation",
+        init_args=args,
+        output=output,
+        input={"size": size, "channels": 3, "mean": mean, "std": std},
+        batching={"max_batch_size": 2},
+    )
     image = png(None, size=(37, 29), mode="RGB", seed=3)
     async with serving(write_config(tmp_path, {"seg": entry})) as (client, _):
         answer = await client.post("/predict", content=image, headers=PNG)
@@ -88,11 +99,14 @@ async def test_a_failing_batch_fails_only_its_requests(tmp_path: Path) -> None:
 
 async def test_deadline_answers_504_and_drops_the_work(tmp_path: Path) -> None:
     save_random_weights("tests.archs:slow_classifier", {"delay_s": 0.5}, tmp_path / "s.pt")
-    entry = model_entry("tests.archs:slow_classifier", "s.pt", init_args={"delay_s": 0.5},
-                        batching={"max_batch_size": 1})
+    entry = model_entry(
+        "tests.archs:slow_classifier", "s.pt", init_args={"delay_s": 0.5}, batching={"max_batch_size": 1}
+    )
     config = write_config(tmp_path, {"slow": entry}, server={"request_timeout_s": 0.2})
     async with serving(config) as (client, runtime):
-        answers = await asyncio.gather(*(client.post("/predict", content=png(i), headers=PNG) for i in range(4)))
+        answers = await asyncio.gather(
+            *(client.post("/predict", content=png(i), headers=PNG) for i in range(4))
+        )
         served = runtime.registry.get("slow")
         assert [a.status_code for a in answers] == [504] * 4
         assert answers[0].json()["error"]["code"] == "timeout"
@@ -103,10 +117,16 @@ async def test_deadline_answers_504_and_drops_the_work(tmp_path: Path) -> None:
 
 async def test_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
     save_random_weights("tests.archs:slow_classifier", {"delay_s": 0.3}, tmp_path / "s.pt")
-    entry = model_entry("tests.archs:slow_classifier", "s.pt", init_args={"delay_s": 0.3},
-                        batching={"max_batch_size": 1, "max_queue_size": 2})
+    entry = model_entry(
+        "tests.archs:slow_classifier",
+        "s.pt",
+        init_args={"delay_s": 0.3},
+        batching={"max_batch_size": 1, "max_queue_size": 2},
+    )
     async with serving(write_config(tmp_path, {"slow": entry})) as (client, _):
-        answers = await asyncio.gather(*(client.post("/predict", content=png(i), headers=PNG) for i in range(8)))
+        answers = await asyncio.gather(
+            *(client.post("/predict", content=png(i), headers=PNG) for i in range(8))
+        )
         refused = [a for a in answers if a.status_code == 503]
         assert refused and all(a.json()["error"]["code"] == "queue_full" for a in refused)
         assert all(int(a.headers["retry-after"]) >= 1 for a in refused)
@@ -116,10 +136,17 @@ async def test_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
 
 async def test_two_cpu_replicas_both_serve(tmp_path: Path) -> None:
     save_random_weights("tests.archs:slow_classifier", {"delay_s": 0.02}, tmp_path / "s.pt")
-    entry = model_entry("tests.archs:slow_classifier", "s.pt", init_args={"delay_s": 0.02},
-                        devices=["cpu", "cpu"], batching={"max_batch_size": 2})
+    entry = model_entry(
+        "tests.archs:slow_classifier",
+        "s.pt",
+        init_args={"delay_s": 0.02},
+        devices=["cpu", "cpu"],
+        batching={"max_batch_size": 2},
+    )
     async with serving(write_config(tmp_path, {"twin": entry})) as (client, _):
-        answers = await asyncio.gather(*(client.post("/predict", content=png(i), headers=PNG) for i in range(24)))
+        answers = await asyncio.gather(
+            *(client.post("/predict", content=png(i), headers=PNG) for i in range(24))
+        )
         assert all(a.status_code == 200 for a in answers)
         replicas = (await client.get("/models/twin")).json()["replicas"]
     assert len(replicas) == 2
@@ -130,8 +157,12 @@ async def test_center_crop_option_changes_only_the_resize(tmp_path: Path) -> Non
     args = {"in_channels": 1, "num_classes": 3}
     save_random_weights("tests.archs:tuple_classifier", args, tmp_path / "t.pt")
     stretch = model_entry("tests.archs:tuple_classifier", "t.pt", init_args=args)
-    crop = model_entry("tests.archs:tuple_classifier", "t.pt", init_args=args,
-                       input={"size": [16, 16], "channels": 1, "mean": [0.5], "std": [0.5], "resize": "center_crop"})
+    crop = model_entry(
+        "tests.archs:tuple_classifier",
+        "t.pt",
+        init_args=args,
+        input={"size": [16, 16], "channels": 1, "mean": [0.5], "std": [0.5], "resize": "center_crop"},
+    )
     wide = png(None, size=(64, 16), seed=5)
     async with serving(write_config(tmp_path, {"stretch": stretch, "crop": crop})) as (client, _):
         a = (await client.post("/predict?model=stretch", content=wide, headers=PNG)).json()
@@ -147,3 +178,23 @@ def test_reference_helpers_agree_with_a_plain_forward() -> None:
     assert torch.allclose(x, torch.full_like(x, (128 / 255 - 0.5) / 0.5), atol=1e-6)
     probs = class_probabilities(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)), x)
     assert probs.sum().item() == pytest.approx(1.0)
+
+
+async def test_an_image_failing_on_the_replica_fails_only_its_request(tmp_path: Path) -> None:
+    """CPU replicas decode large images in the batch: a truncated one fails alone (400)."""
+    args = {"in_channels": 1, "num_classes": 3}
+    save_random_weights("tests.archs:tuple_classifier", args, tmp_path / "t.pt")
+    entry = model_entry(
+        "tests.archs:tuple_classifier", "t.pt", init_args=args, batching={"max_batch_size": 8}
+    )
+    large = png(None, size=(400, 300), seed=9)
+    truncated = large[: len(large) // 2]  # the header is intact: it passes the pixel check
+    async with serving(write_config(tmp_path, {"m": entry})) as (client, runtime):
+        assert runtime.registry.get("m").decodes_on_replicas
+        answers = await asyncio.gather(
+            *(client.post("/predict", content=large, headers=PNG) for _ in range(3)),
+            client.post("/predict", content=truncated, headers=PNG),
+            *(client.post("/predict", content=large, headers=PNG) for _ in range(3)),
+        )
+    assert [a.status_code for a in answers] == [200, 200, 200, 400, 200, 200, 200]
+    assert answers[3].json()["error"]["code"] == "bad_image"

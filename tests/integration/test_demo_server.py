@@ -19,7 +19,6 @@ from models.demo_training import load_demo_model
 from tests.reference import class_probabilities, preprocess, segmentation_mask
 from tests.serving import ServerProcess
 
-
 _LOADED: dict[str, torch.nn.Module] = {}
 
 
@@ -83,7 +82,9 @@ def test_digit_samples_are_read_correctly(demo_server: ServerProcess, samples_di
         assert answer["predictions"][0]["label"] == expected, path.name
 
 
-def test_segmentation_mask_matches_the_model_in_process(demo_server: ServerProcess, samples_dir: Path) -> None:
+def test_segmentation_mask_matches_the_model_in_process(
+    demo_server: ServerProcess, samples_dir: Path
+) -> None:
     sample = sorted(samples_dir.glob("shapes*"))[0]
     data = sample.read_bytes()
     answer = httpx.post(f"{demo_server.url}/predict?model=shapes", files=[("file", (sample.name, data))])
@@ -154,7 +155,10 @@ def test_64_concurrent_requests_each_get_their_own_answer(demo_server: ServerPro
         limits = httpx.Limits(max_connections=64)
         async with httpx.AsyncClient(base_url=demo_server.url, limits=limits, timeout=60) as client:
             return await asyncio.gather(
-                *(client.post("/predict?top_k=10", content=b, headers={"Content-Type": "image/png"}) for b in blobs)
+                *(
+                    client.post("/predict?top_k=10", content=b, headers={"Content-Type": "image/png"})
+                    for b in blobs
+                )
             )
 
     answers = asyncio.run(send_all())
@@ -182,7 +186,15 @@ def test_models_routes_describe_the_demo(demo_server: ServerProcess) -> None:
 def test_openapi_documents_every_route(demo_server: ServerProcess) -> None:
     spec = httpx.get(f"{demo_server.url}/openapi.json").json()
     paths = spec["paths"]
-    for path in ("/predict", "/models", "/models/{name}", "/models/{name}/reload", "/healthz", "/readyz", "/metrics"):
+    for path in (
+        "/predict",
+        "/models",
+        "/models/{name}",
+        "/models/{name}/reload",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
         assert path in paths, path
     predict = paths["/predict"]["post"]
     assert {p["name"] for p in predict["parameters"]} >= {"model", "top_k"}

@@ -27,8 +27,9 @@ def _stats(path: Path, rows: list[tuple[str, str, int, int, str]]) -> Path:
 
 
 def test_verdict_passes_a_clean_fast_run(tmp_path: Path) -> None:
-    stats = _stats(tmp_path / "s.csv", [("POST", "/predict digits raw", 50, 0, "120"),
-                                        ("", "Aggregated", 50, 0, "120")])
+    stats = _stats(
+        tmp_path / "s.csv", [("POST", "/predict digits raw", 50, 0, "120"), ("", "Aggregated", 50, 0, "120")]
+    )
     verdict = judge(stats, max_p99_ms=2000)
     assert verdict.ok, verdict.problems
     assert (verdict.requests, verdict.failures, verdict.p99_ms) == (50, 0, 120.0)
@@ -36,9 +37,14 @@ def test_verdict_passes_a_clean_fast_run(tmp_path: Path) -> None:
 
 
 def test_verdict_rejects_any_failure_and_names_the_request(tmp_path: Path) -> None:
-    stats = _stats(tmp_path / "s.csv", [("POST", "/predict digits raw", 50, 0, "120"),
-                                        ("POST", "/models/digits/reload", 5, 1, "300"),
-                                        ("", "Aggregated", 55, 1, "150")])
+    stats = _stats(
+        tmp_path / "s.csv",
+        [
+            ("POST", "/predict digits raw", 50, 0, "120"),
+            ("POST", "/models/digits/reload", 5, 1, "300"),
+            ("", "Aggregated", 55, 1, "150"),
+        ],
+    )
     verdict = judge(stats, max_p99_ms=2000)
     assert not verdict.ok
     assert "/models/digits/reload (1)" in verdict.line(2000)
@@ -58,9 +64,24 @@ def test_short_locust_run_passes_with_reloads_and_both_models(tmp_path: Path) ->
     out = tmp_path / "locust"
     env = {**os.environ, "MODEL_SERVE_HOME": str(tmp_path / "home")}
     done = subprocess.run(
-        [sys.executable, "load_tests/run_locust.py", "--users", "10", "--duration", "10",
-         "--max-p99-ms", "5000", "--out", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        # the arguments of `make loadtest`: CI runs the documented load test itself
+        [
+            sys.executable,
+            "load_tests/run_locust.py",
+            "--users",
+            "20",
+            "--duration",
+            "30",
+            "--max-p99-ms",
+            "2000",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "PASS:" in done.stdout
@@ -69,7 +90,11 @@ def test_short_locust_run_passes_with_reloads_and_both_models(tmp_path: Path) ->
     assert all(int(row["Failure Count"]) == 0 for row in rows.values())
     reload_row = rows["/models/digits/reload"]
     assert int(reload_row["Request Count"]) >= 1
-    for name in ("/predict digits raw", "/predict digits multipart",
-                 "/predict shapes raw", "/predict shapes multipart"):
+    for name in (
+        "/predict digits raw",
+        "/predict digits multipart",
+        "/predict shapes raw",
+        "/predict shapes multipart",
+    ):
         assert int(rows[name]["Request Count"]) >= 1, name
     assert (out / "locust.html").is_file()

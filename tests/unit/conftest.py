@@ -17,7 +17,7 @@ from service.architecture import build_model
 
 # The test model lives in "user code": a module written to a temporary folder on sys.path,
 # built through the same "module:callable" spec a config would use.
-NET_SOURCE = '''
+NET_SOURCE = """
 from collections import OrderedDict
 
 from torch import nn
@@ -33,7 +33,7 @@ def make_net(num_classes: int = 3) -> nn.Sequential:
         drop=nn.Dropout(0.5),
         fc=nn.Linear(16, num_classes),
     ))
-'''
+"""
 
 NetFactory = Callable[..., nn.Module]
 

@@ -14,7 +14,7 @@ from torch import nn
 from service.architecture import build_model
 from service.errors import ConfigError
 
-USER_SOURCE = '''
+USER_SOURCE = """
 from torch import nn
 
 NOT_CALLABLE = 42
@@ -32,7 +32,7 @@ def not_a_model() -> int:
 
 def fails(num_classes: int) -> nn.Module:
     raise ValueError(f"num_classes must be positive, got {num_classes}")
-'''
+"""
 
 
 @pytest.fixture
@@ -70,23 +70,30 @@ def test_dotted_attribute_path(user_module: str) -> None:
     assert model.in_features == 5
 
 
-@pytest.mark.parametrize(("spec", "init_args", "expected"), [
-    ("torchvision.models.resnet18", None, "must look like 'importable.module:callable'"),
-    ("torchvision.models:", None, "must look like"),
-    (":resnet18", None, "must look like"),
-    ("torchvision models:resnet18", None, "must look like"),
-    ("no_such_package_xyz.models:net", None,
-     "cannot import module 'no_such_package_xyz.models'.*PYTHONPATH"),
-    ("{user}_broken:net", None, "'not_installed_dependency_xyz' is not installed"),
-    ("{user}:missing", None, "'{user}' has no attribute 'missing'"),
-    ("{user}:Zoo.huge", None, "'{user}.Zoo' has no attribute 'huge'"),
-    ("{user}:NOT_CALLABLE", None, "is a int, not a callable"),
-    ("{user}:Zoo.tiny", {"depth": 3}, "does not accept init_args.*unexpected keyword.*depth"),
-    ("{user}:not_a_model", None, "returned a int, not a torch.nn.Module"),
-    ("{user}:fails", {"num_classes": -1}, "ValueError: num_classes must be positive, got -1"),
-])
-def test_errors_say_what_to_fix(spec: str, init_args: dict[str, Any] | None, expected: str,
-                                user_module: str) -> None:
+@pytest.mark.parametrize(
+    ("spec", "init_args", "expected"),
+    [
+        ("torchvision.models.resnet18", None, "must look like 'importable.module:callable'"),
+        ("torchvision.models:", None, "must look like"),
+        (":resnet18", None, "must look like"),
+        ("torchvision models:resnet18", None, "must look like"),
+        (
+            "no_such_package_xyz.models:net",
+            None,
+            "cannot import module 'no_such_package_xyz.models'.*PYTHONPATH",
+        ),
+        ("{user}_broken:net", None, "'not_installed_dependency_xyz' is not installed"),
+        ("{user}:missing", None, "'{user}' has no attribute 'missing'"),
+        ("{user}:Zoo.huge", None, "'{user}.Zoo' has no attribute 'huge'"),
+        ("{user}:NOT_CALLABLE", None, "is a int, not a callable"),
+        ("{user}:Zoo.tiny", {"depth": 3}, "does not accept init_args.*unexpected keyword.*depth"),
+        ("{user}:not_a_model", None, "returned a int, not a torch.nn.Module"),
+        ("{user}:fails", {"num_classes": -1}, "ValueError: num_classes must be positive, got -1"),
+    ],
+)
+def test_errors_say_what_to_fix(
+    spec: str, init_args: dict[str, Any] | None, expected: str, user_module: str
+) -> None:
     with pytest.raises(ConfigError, match=expected.replace("{user}", user_module)) as caught:
         build_model(spec.replace("{user}", user_module), init_args)
     assert spec.replace("{user}", user_module) in caught.value.message

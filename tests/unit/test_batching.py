@@ -140,9 +140,7 @@ async def test_delay_mode_waits_to_fill_then_flushes_a_full_batch() -> None:
 
 async def test_delay_mode_flushes_a_partial_batch_when_the_first_item_is_due() -> None:
     now = [100.0]
-    batcher: DynamicBatcher[int] = DynamicBatcher(
-        max_batch_size=8, max_delay_s=0.005, clock=lambda: now[0]
-    )
+    batcher: DynamicBatcher[int] = DynamicBatcher(max_batch_size=8, max_delay_s=0.005, clock=lambda: now[0])
     batcher.submit([1])
     now[0] += 0.010  # the first item's delay has already run out
     batch = await asyncio.wait_for(batcher.next_batch(), timeout=5)

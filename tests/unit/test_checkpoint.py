@@ -58,30 +58,43 @@ SAVE_STYLES: dict[str, tuple[Callable[[nn.Module], object], str, str | None]] = 
     "plain": (lambda m: m.state_dict(), "", None),
     "data_parallel": (lambda m: nn.DataParallel(m).state_dict(), "module.", None),
     "nested_data_parallel": (
-        lambda m: nn.DataParallel(nn.DataParallel(m)).state_dict(), "module.module.", None),
+        lambda m: nn.DataParallel(nn.DataParallel(m)).state_dict(),
+        "module.module.",
+        None,
+    ),
     "ddp": (_ddp_state, "module.", None),
     "compile": (lambda m: _compiled(m).state_dict(), "_orig_mod.", None),
     "compile_data_parallel": (
-        lambda m: _compiled(nn.DataParallel(m)).state_dict(), "_orig_mod.module.", None),
-    "custom_prefix": (lambda m: {f"backbone.{k}": v for k, v in m.state_dict().items()},
-                      "backbone.", None),
-    "repeated_prefix": (lambda m: {f"encoder.body.{k}": v for k, v in m.state_dict().items()},
-                        "encoder.body.", None),
+        lambda m: _compiled(nn.DataParallel(m)).state_dict(),
+        "_orig_mod.module.",
+        None,
+    ),
+    "custom_prefix": (lambda m: {f"backbone.{k}": v for k, v in m.state_dict().items()}, "backbone.", None),
+    "repeated_prefix": (
+        lambda m: {f"encoder.body.{k}": v for k, v in m.state_dict().items()},
+        "encoder.body.",
+        None,
+    ),
     "state_dict": (lambda m: {**_training_extras(m), "state_dict": m.state_dict()}, "", "state_dict"),
-    "model_state_dict": (lambda m: {"model_state_dict": m.state_dict(), "epoch": 1}, "",
-                         "model_state_dict"),
+    "model_state_dict": (lambda m: {"model_state_dict": m.state_dict(), "epoch": 1}, "", "model_state_dict"),
     "model": (lambda m: {"model": nn.DataParallel(m).state_dict(), "step": 9}, "module.", "model"),
     "net": (lambda m: {"net": m.state_dict(), "best_acc": 0.9}, "", "net"),
     "other_single_key": (lambda m: {"ema": m.state_dict(), "epoch": 2}, "", "ema"),
     "known_key_preferred": (
-        lambda m: {"ema": {k: torch.zeros_like(v) for k, v in m.state_dict().items()},
-                   "state_dict": m.state_dict()}, "", "state_dict"),
+        lambda m: {
+            "ema": {k: torch.zeros_like(v) for k, v in m.state_dict().items()},
+            "state_dict": m.state_dict(),
+        },
+        "",
+        "state_dict",
+    ),
 }
 
 
 @pytest.mark.parametrize("style", list(SAVE_STYLES))
-def test_each_save_style_round_trips(style: str, tmp_path: Path, make_net: NetFactory,
-                                     images: torch.Tensor) -> None:
+def test_each_save_style_round_trips(
+    style: str, tmp_path: Path, make_net: NetFactory, images: torch.Tensor
+) -> None:
     source = make_net(seed=0)
     to_save, prefix, wrapper = SAVE_STYLES[style]
     path = tmp_path / "model.pt"
@@ -96,9 +109,9 @@ def test_each_save_style_round_trips(style: str, tmp_path: Path, make_net: NetFa
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "model.bin"])
-def test_safetensors_round_trips_by_suffix_or_header(name: str, tmp_path: Path,
-                                                     make_net: NetFactory,
-                                                     images: torch.Tensor) -> None:
+def test_safetensors_round_trips_by_suffix_or_header(
+    name: str, tmp_path: Path, make_net: NetFactory, images: torch.Tensor
+) -> None:
     source = make_net(seed=0)
     path = tmp_path / name
     save_file(source.state_dict(), path)
@@ -108,8 +121,7 @@ def test_safetensors_round_trips_by_suffix_or_header(name: str, tmp_path: Path,
     assert torch.equal(fresh(images), source(images))
 
 
-def test_legacy_torch_format_round_trips(tmp_path: Path, make_net: NetFactory,
-                                         images: torch.Tensor) -> None:
+def test_legacy_torch_format_round_trips(tmp_path: Path, make_net: NetFactory, images: torch.Tensor) -> None:
     source = make_net(seed=0)
     path = tmp_path / "legacy.pt"
     torch.save(source.state_dict(), path, _use_new_zipfile_serialization=False)
@@ -119,9 +131,9 @@ def test_legacy_torch_format_round_trips(tmp_path: Path, make_net: NetFactory,
 
 
 @pytest.mark.parametrize("tag", ["cuda:1", "cuda:3"])
-def test_tensors_saved_on_a_missing_gpu_load_on_cpu(tag: str, tmp_path: Path,
-                                                     make_net: NetFactory, images: torch.Tensor,
-                                                     tagged_save: TaggedSave) -> None:
+def test_tensors_saved_on_a_missing_gpu_load_on_cpu(
+    tag: str, tmp_path: Path, make_net: NetFactory, images: torch.Tensor, tagged_save: TaggedSave
+) -> None:
     source = make_net(seed=0)
     path = tmp_path / "gpu.pt"
     tagged_save(source.state_dict(), path, tag)
@@ -136,8 +148,9 @@ def test_tensors_saved_on_a_missing_gpu_load_on_cpu(tag: str, tmp_path: Path,
     assert torch.equal(fresh(images), source(images))
 
 
-def test_batchnorm_stats_and_dropout_follow_eval_mode(tmp_path: Path, make_net: NetFactory,
-                                                      images: torch.Tensor) -> None:
+def test_batchnorm_stats_and_dropout_follow_eval_mode(
+    tmp_path: Path, make_net: NetFactory, images: torch.Tensor
+) -> None:
     source = make_net(seed=0)
     path = tmp_path / "model.pt"
     torch.save(source.state_dict(), path)
@@ -175,8 +188,9 @@ def test_version_is_the_sha256_prefix(tmp_path: Path) -> None:
         checkpoint_version(tmp_path / "missing.pt")
 
 
-def test_loads_beside_a_serving_copy(tmp_path: Path, make_net: NetFactory,
-                                     images: torch.Tensor, tagged_save: TaggedSave) -> None:
+def test_loads_beside_a_serving_copy(
+    tmp_path: Path, make_net: NetFactory, images: torch.Tensor, tagged_save: TaggedSave
+) -> None:
     """Hot reload: concurrent loads share nothing with each other or with the serving copy."""
     serving, new_cpu, new_gpu = make_net(seed=0), make_net(seed=1), make_net(seed=2)
     torch.save(serving.state_dict(), tmp_path / "v1.pt")
@@ -195,8 +209,7 @@ def test_loads_beside_a_serving_copy(tmp_path: Path, make_net: NetFactory,
     assert not torch.allclose(new_cpu(images), serving_answer)
 
 
-def test_wrong_shapes_name_the_keys_and_suggest_init_args(tmp_path: Path,
-                                                          make_net: NetFactory) -> None:
+def test_wrong_shapes_name_the_keys_and_suggest_init_args(tmp_path: Path, make_net: NetFactory) -> None:
     path = tmp_path / "model.pt"
     torch.save(nn.DataParallel(make_net(seed=0, num_classes=3)).state_dict(), path)
     with pytest.raises(CheckpointError) as caught:
@@ -239,10 +252,8 @@ def test_a_prefix_is_not_stripped_when_keys_already_match(make_net: NetFactory) 
     assert match.stripped_prefix == ""
 
 
-def test_a_prefix_that_does_not_make_every_key_match_is_kept(tmp_path: Path,
-                                                             make_net: NetFactory) -> None:
-    state = {f"module.{k}": v for k, v in make_net(seed=0).state_dict().items()
-             if not k.startswith("fc.")}
+def test_a_prefix_that_does_not_make_every_key_match_is_kept(tmp_path: Path, make_net: NetFactory) -> None:
+    state = {f"module.{k}": v for k, v in make_net(seed=0).state_dict().items() if not k.startswith("fc.")}
     path = tmp_path / "model.pt"
     torch.save(state, path)
     match = match_state_dict(state, make_net(seed=1))
@@ -265,8 +276,9 @@ class _Versioned(nn.Linear):
     _version = 2
     seen_versions: list[object]
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
-                              local_metadata: dict[str, Any], *args: Any) -> None:
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any], *args: Any
+    ) -> None:
         self.seen_versions.append(local_metadata.get("version"))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
 
@@ -291,13 +303,18 @@ BAD_FILES: dict[str, tuple[Callable[[Path], object], str]] = {
     "random_bytes": (lambda p: p.write_bytes(bytes(range(7, 256)) * 8), "is not a checkpoint"),
     "text": (lambda p: p.write_text("weights: none\n"), "starts with b'weights:'"),
     "torch_list": (lambda p: torch.save([1, 2, 3], p), "holds a list, not a state_dict"),
-    "no_tensors": (lambda p: torch.save({"epoch": 3, "lr": 0.1}, p),
-                   "no tensors.*top-level keys: 'epoch', 'lr'"),
-    "two_tensor_dicts": (lambda p: torch.save({"a": {"w": torch.ones(1)}, "b": {"w": torch.ones(1)}},
-                                              p), "several dicts of tensors \\('a', 'b'\\)"),
+    "no_tensors": (
+        lambda p: torch.save({"epoch": 3, "lr": 0.1}, p),
+        "no tensors.*top-level keys: 'epoch', 'lr'",
+    ),
+    "two_tensor_dicts": (
+        lambda p: torch.save({"a": {"w": torch.ones(1)}, "b": {"w": torch.ones(1)}}, p),
+        "several dicts of tensors \\('a', 'b'\\)",
+    ),
     "truncated_safetensors": (
         lambda p: p.write_bytes(b"\x40" + b"\0" * 7 + b'{"w": {"dtype": "F32"'),
-        "as safetensors"),
+        "as safetensors",
+    ),
 }
 
 
@@ -329,16 +346,16 @@ def test_malicious_torch_file_is_refused(malicious_torch: Path, marker: Path) ->
 
 
 @pytest.mark.parametrize("trust_pickle", [False, True])
-def test_plain_pickle_is_never_unpickled(trust_pickle: bool, malicious_pickle: Path,
-                                         marker: Path) -> None:
+def test_plain_pickle_is_never_unpickled(trust_pickle: bool, malicious_pickle: Path, marker: Path) -> None:
     with pytest.raises(CheckpointError, match="plain Python pickle"):
         read_checkpoint(malicious_pickle, trust_pickle=trust_pickle)
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("wrap", [False, True])
-def test_full_module_pickle_needs_trust(wrap: bool, tmp_path: Path, make_net: NetFactory,
-                                        images: torch.Tensor) -> None:
+def test_full_module_pickle_needs_trust(
+    wrap: bool, tmp_path: Path, make_net: NetFactory, images: torch.Tensor
+) -> None:
     source = make_net(seed=0)
     path = tmp_path / "full.pt"
     torch.save({"model": source, "epoch": 1} if wrap else source, path)
@@ -353,9 +370,9 @@ def test_full_module_pickle_needs_trust(wrap: bool, tmp_path: Path, make_net: Ne
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
-def test_loads_onto_cuda0_whatever_the_saved_device(suffix: str, tmp_path: Path,
-                                                    make_net: NetFactory, images: torch.Tensor,
-                                                    tagged_save: TaggedSave) -> None:
+def test_loads_onto_cuda0_whatever_the_saved_device(
+    suffix: str, tmp_path: Path, make_net: NetFactory, images: torch.Tensor, tagged_save: TaggedSave
+) -> None:
     source = make_net(seed=0)
     path = tmp_path / f"model{suffix}"
     if suffix == ".pt":

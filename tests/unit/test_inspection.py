@@ -52,8 +52,9 @@ def test_loads_into_its_architecture(checkpoint: Path, net_spec: str) -> None:
     assert text.rstrip().endswith(f"OK: loads into {net_spec}")
 
 
-def test_data_parallel_file_shows_the_prefix_it_strips(tmp_path: Path, make_net: NetFactory,
-                                                       net_spec: str) -> None:
+def test_data_parallel_file_shows_the_prefix_it_strips(
+    tmp_path: Path, make_net: NetFactory, net_spec: str
+) -> None:
     path = tmp_path / "dp.pt"
     torch.save(nn.DataParallel(make_net(seed=0)).state_dict(), path)
     code, text = _inspect(path, net_spec)
@@ -63,8 +64,9 @@ def test_data_parallel_file_shows_the_prefix_it_strips(tmp_path: Path, make_net:
     assert "every checkpoint key matches the model after stripping the prefix 'module.'" in text
 
 
-def test_gpu_tagged_file_shows_its_device(tmp_path: Path, make_net: NetFactory, net_spec: str,
-                                          tagged_save: Callable[[object, Path, str], None]) -> None:
+def test_gpu_tagged_file_shows_its_device(
+    tmp_path: Path, make_net: NetFactory, net_spec: str, tagged_save: Callable[[object, Path, str], None]
+) -> None:
     path = tmp_path / "gpu.pt"
     tagged_save(make_net(seed=0).state_dict(), path, "cuda:1")
     code, text = _inspect(path, net_spec)
@@ -87,8 +89,7 @@ def test_wrong_architecture_lists_mismatches(checkpoint: Path, net_spec: str) ->
     assert "fc.weight: checkpoint [3, 16], model [10, 16]" in text
     assert "num_classes" in text
     assert f"FAIL: does not load into {net_spec}" in text
-    code, text = _inspect(checkpoint, "torch.nn:Linear", init_args={"in_features": 16,
-                                                                     "out_features": 3})
+    code, text = _inspect(checkpoint, "torch.nn:Linear", init_args={"in_features": 16, "out_features": 3})
     assert code == 1
     assert "2 missing, 9 unexpected" in text
 
@@ -114,8 +115,7 @@ def test_truncated_file(checkpoint: Path) -> None:
     assert "truncated or corrupt" in text
 
 
-def test_full_module_with_trust_pickle(tmp_path: Path, make_net: NetFactory,
-                                       net_spec: str) -> None:
+def test_full_module_with_trust_pickle(tmp_path: Path, make_net: NetFactory, net_spec: str) -> None:
     path = tmp_path / "full.pt"
     torch.save(make_net(seed=0), path)
     assert _inspect(path, net_spec)[0] == 2
