@@ -138,9 +138,10 @@ def resnet18_entry(folder: Path) -> dict[str, Any]:
     }
 
 
-def write_config(folder: Path, names: Sequence[str], threads: int) -> Path:
-    """One config for both servers: the same torch threads, CPU replicas, no batch delay, and
-    batches of the largest size measured raw."""
+def write_config(folder: Path, names: Sequence[str]) -> Path:
+    """One config for both servers: model-serve's CPU defaults (a replica per core sharing the
+    cores; digits: one single-threaded replica, as in the demo), no batch delay, batches of the
+    largest size measured raw. The naive server uses every core, or the model's torch_threads."""
     makers: dict[str, Callable[[Path], dict[str, Any]]] = {
         "digits": lambda f: demo_entry(DIGITS, f),
         "shapes": lambda f: demo_entry(SHAPES, f),
@@ -151,9 +152,9 @@ def write_config(folder: Path, names: Sequence[str], threads: int) -> Path:
         batching = {"max_batch_size": max(BENCHES[name].batch_sizes), "max_delay_ms": 0}
         models[name] = {**makers[name](folder), "batching": batching, "devices": "cpu"}
         if BENCHES[name].threads is not None:
-            models[name]["torch_threads"] = BENCHES[name].threads
+            models[name].update(torch_threads=BENCHES[name].threads, cpu_replicas=1)
     path = folder / "config.yaml"
-    config = {"checkpoint_root": str(folder), "server": {"torch_threads": threads}, "models": models}
+    config = {"checkpoint_root": str(folder), "models": models}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
@@ -196,12 +197,12 @@ def time_raw(
 
 
 def measure_raw(
-    config: ServeConfig, bodies: dict[str, bytes], seconds: float
+    config: ServeConfig, bodies: dict[str, bytes], seconds: float, threads: int
 ) -> tuple[list[RawResult], dict[str, Result]]:
     """Every batch size of every model, and each model's answer for the reference check."""
     rows, expected = [], {}
     for name, body in bodies.items():
-        torch.set_num_threads(config.models[name].torch_threads or config.server.torch_threads or 1)
+        torch.set_num_threads(config.models[name].torch_threads or threads)
         run = raw_pipeline(config, name)
         with torch.inference_mode():
             expected[name] = run(body, 1)[0]
@@ -366,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="model-serve-bench-") as tmp:
         folder = Path(tmp)
-        config_path = write_config(folder, args.models, args.threads)
+        config_path = write_config(folder, args.models)
         config = load_config(config_path, environ={})
         images = {name: write_image(name, folder) for name in args.models}
         bodies = {name: path.read_bytes() for name, path in images.items()}
@@ -379,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{name} {path.suffix[1:]} {len(bodies[name]):,} B" for name, path in images.items()
             ),
         }
-        raw, expected = measure_raw(config, bodies, args.duration / 5)
+        raw, expected = measure_raw(config, bodies, args.duration / 5, args.threads)
         load = measure_servers(config_path, folder, images, expected, args.clients, args.duration)
     targets = compute_targets(raw, load)
     print(write_report(args.out, settings, raw, load, targets))

@@ -89,7 +89,10 @@ class ModelSpec(_Frozen):
     trust_pickle: bool = False
     watch: bool = False
     torch_threads: int | None = Field(
-        None, ge=1, description="intra-op threads of this model's CPU replicas (small models: 1)"
+        None, ge=1, description="fixed intra-op threads per CPU replica; default: share the cores"
+    )
+    cpu_replicas: int | None = Field(
+        None, ge=1, le=64, description="replicas for devices cpu/auto-without-GPU; default: the cores"
     )
 
     @field_validator("architecture")

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 # thread's start-up costs more than it saves and takes a core from the event loop); the
 # U-Net gains nothing from big CPU batches but uses every core.
 _SERVING: dict[str, dict[str, Any]] = {
-    "digits": {"batching": {"max_batch_size": 32}, "torch_threads": 1},
+    "digits": {"batching": {"max_batch_size": 32}, "torch_threads": 1, "cpu_replicas": 1},
     "shapes": {"batching": {"max_batch_size": 4}},
 }
 

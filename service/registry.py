@@ -24,7 +24,7 @@ from service.batching import DynamicBatcher
 from service.checkpoint import checkpoint_version, load_weights
 from service.config import ModelSpec, ServeConfig
 from service.decode import DecodedImage
-from service.devices import available_cores, resolve_devices
+from service.devices import CoreShare, available_cores, resolve_devices
 from service.errors import CheckpointError, InferenceFailed, InvalidParameter, NotFound, ServeError
 from service.metrics import Metrics, ModelMetrics
 from service.postprocess import Job, Postprocess, classify, segment
@@ -176,13 +176,9 @@ class Registry:
             return current.version, served.active.version
 
     def _build(self, name: str, spec: ModelSpec) -> ServedModel:
-        devices = resolve_devices(spec.devices)
-        cpu_replicas = sum(device.type == "cpu" for device in devices) or 1
-        threads = (
-            spec.torch_threads
-            or self.config.server.torch_threads
-            or max(1, available_cores() // cpu_replicas)
-        )
+        devices = resolve_devices(spec.devices, spec.cpu_replicas or available_cores())
+        threads = spec.torch_threads or self.config.server.torch_threads
+        cores = CoreShare(available_cores())
         size = spec.input.size
         replicas = [
             Replica(
@@ -191,7 +187,7 @@ class Registry:
                 device,
                 input_shape=(size[0], size[1], spec.input.channels),
                 max_batch_size=spec.batching.max_batch_size,
-                torch_threads=threads,
+                threads=threads or cores,
             )
             for slot, device in enumerate(devices)
         ]

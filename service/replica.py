@@ -24,6 +24,7 @@ import torch
 from service.batching import Batch, DynamicBatcher
 from service.config import ModelSpec
 from service.decode import DecodedImage, prepare_image
+from service.devices import CoreShare
 from service.errors import InferenceFailed, NotReady, ServeError
 from service.postprocess import Job, Postprocess, select_logits
 
@@ -61,8 +62,8 @@ def _decoded(job: Job, model: DeviceModel) -> Job:
     return Job(prepare_image(job.image, model.input_spec), job.top_k)
 
 
-def _init_thread(threads: int | None) -> None:
-    if threads is not None:
+def _use_threads(threads: int) -> None:
+    if torch.get_num_threads() != threads:  # a change resizes the thread pool: only when needed
         torch.set_num_threads(threads)
 
 
@@ -77,7 +78,7 @@ class Replica:
         *,
         input_shape: tuple[int, int, int],  # H, W, C
         max_batch_size: int,
-        torch_threads: int | None = None,
+        threads: int | CoreShare = 1,
     ) -> None:
         self.slot = slot  # this replica's index into a version's device_models
         self.model_name = model_name
@@ -85,12 +86,9 @@ class Replica:
         self.device_key = str(device)
         self.busy = False
         self.batches_served = 0
-        self._executor = ThreadPoolExecutor(
-            1,
-            thread_name_prefix=f"replica-{model_name}-{slot}-{device}",
-            initializer=_init_thread,
-            initargs=(torch_threads if device.type == "cpu" else None,),
-        )
+        # CPU threads: a fixed count, or a share of the cores claimed per batch
+        self._threads = threads if device.type == "cpu" else None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"replica-{model_name}-{slot}-{device}")
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None  # type: ignore[no-untyped-call]
         self._pinned = (
             torch.empty((max_batch_size, *input_shape), dtype=torch.uint8).pin_memory()
@@ -146,12 +144,17 @@ class Replica:
 
     def _forward(self, jobs: Sequence[Job], model: DeviceModel, postprocess: Postprocess) -> list[Any]:
         with torch.inference_mode():
-            if self._stream is None:
-                return self._run_splitting(model, jobs, postprocess)
-            with torch.cuda.stream(self._stream):
-                outputs = self._run_splitting(model, jobs, postprocess)
-            self._stream.synchronize()
-            return outputs
+            if self._stream is not None:
+                with torch.cuda.stream(self._stream):
+                    outputs = self._run_splitting(model, jobs, postprocess)
+                self._stream.synchronize()
+                return outputs
+            if isinstance(self._threads, CoreShare):
+                with self._threads.claim() as threads:
+                    _use_threads(threads)
+                    return self._run_splitting(model, jobs, postprocess)
+            _use_threads(self._threads or 1)
+            return self._run_splitting(model, jobs, postprocess)
 
     def _run_splitting(self, model: DeviceModel, jobs: Sequence[Job], postprocess: Postprocess) -> list[Any]:
         """Runs the batch; on CUDA out-of-memory, halves it and runs the halves in turn."""
