@@ -349,7 +349,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--threads",
         type=int,
         default=available_cores(),
-        help="torch threads, the same for raw and both servers (default: free cores)",
+        help="torch threads of the raw in-process runs (default: free cores; naive uses them all)",
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
