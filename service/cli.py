@@ -24,6 +24,7 @@ from service.config import ServeConfig, config_path_from_env, load_config
 from service.devices import available_cores
 from service.errors import ServeError
 from service.logs import configure_logging
+from service.protocol import bounded_protocol
 from service.runtime import Runtime
 
 log = logging.getLogger("service")
@@ -76,6 +77,7 @@ def serve(config_path: Path | None, *, host: str, port: int) -> int:
     app = create_app(config, on_fatal=on_fatal)
     uvicorn_config = uvicorn.Config(
         app,
+        http=bounded_protocol(config.server.max_header_bytes),
         host=host,
         port=port,
         access_log=False,

@@ -108,6 +108,7 @@ class ServerSpec(_Frozen):
     """Process-wide limits and behaviour; every field has a production default."""
 
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line + headers; 431 above")
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_images_per_request: int = Field(64, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
@@ -166,6 +167,7 @@ def build_config(
 
 _SERVER_ENV = {
     "MAX_BODY_BYTES": "max_body_bytes",
+    "MAX_HEADER_BYTES": "max_header_bytes",
     "MAX_IMAGE_PIXELS": "max_image_pixels",
     "MAX_IMAGES_PER_REQUEST": "max_images_per_request",
     "REQUEST_TIMEOUT_S": "request_timeout_s",
