@@ -17,9 +17,9 @@ from service.config import ServeConfig, build_config, cache_dir
 
 log = logging.getLogger(__name__)
 
-# Measured here: the digits model runs fastest in big batches on one thread (a second
-# thread's start-up costs more than it saves and takes a core from the event loop); the
-# U-Net gains nothing from big CPU batches but uses every core.
+# Measured here (README, Benchmark): the digits model runs fastest in big batches on one
+# single-threaded replica (its event loop needs the other core); the U-Net gains little past
+# batches of 4 and takes the CPU default, a replica per core sharing the cores.
 _SERVING: dict[str, dict[str, Any]] = {
     "digits": {"batching": {"max_batch_size": 32}, "torch_threads": 1, "cpu_replicas": 1},
     "shapes": {"batching": {"max_batch_size": 4}},
