@@ -18,7 +18,6 @@ import contextlib
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,10 +43,12 @@ from service.postprocess import Classification, Job, Segmentation, classify, seg
 try:
     from load_tests.naive_server import load_model
     from load_tests.report import NAIVE, SERVE, Load, RawResult, compute_targets, write_report
+    from load_tests.server_process import free_port
     from load_tests.wrk import run_wrk, write_script
 except ModuleNotFoundError:  # run as `python load_tests/benchmark.py`: only load_tests/ is on the path
     from naive_server import load_model  # type: ignore[no-redef]
     from report import NAIVE, SERVE, Load, RawResult, compute_targets, write_report  # type: ignore[no-redef]
+    from server_process import free_port  # type: ignore[no-redef]
     from wrk import run_wrk, write_script  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,14 +214,6 @@ def measure_raw(
 
 
 # --- the servers under load ----------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A loopback port free right now; the server binds it a moment later."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

@@ -22,14 +22,9 @@ import csv
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,59 +141,6 @@ def write_config(folder: Path) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Server:
-    """``model-serve serve`` as a child process on loopback, stopped by its own PID."""
-
-    def __init__(self, config: Path, log_path: Path, token: str) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        env = {**os.environ, "PYTHONPATH": str(REPO), "MODEL_SERVE_ADMIN_TOKEN": token}
-        for key in ("MODEL_SERVE_CONFIG", "MODEL_SERVE_CHECKPOINT_ROOT", "MODEL_SERVE_DEFAULT_MODEL"):
-            env.pop(key, None)  # they would override the config written for this run
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        port = self.url.rsplit(":", 1)[1]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--config", str(config), "--port", port],
-            cwd=REPO,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"server not ready after {timeout_s:g} s; see {self.log_path}")
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM (the server drains), SIGKILL if it is still there after ``timeout_s``."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
-        self._log.close()
-        return code
-
-
 def run_locust(args: argparse.Namespace, url: str, checkpoint_root: Path, token: str) -> int:
     """Locust headless against ``url``; its output goes to ``--out/locust.log`` and is printed."""
     out: Path = args.out
@@ -268,11 +210,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for stale in [*args.out.glob(f"{CSV_PREFIX}_*.csv"), args.out / "locust.html"]:
         stale.unlink(missing_ok=True)  # a previous run's files must not stand in for this one's
+    from load_tests.server_process import ServerProcess  # REPO is on sys.path by now (main)
+
     token = os.environ.get("MODEL_SERVE_ADMIN_TOKEN") or secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory(prefix="model-serve-locust-") as tmp:
         root = Path(tmp).resolve()
         config = write_config(root)
-        server = Server(config, args.out / "server.log", token)
+        server = ServerProcess(config, args.out / "server.log", {"MODEL_SERVE_ADMIN_TOKEN": token})
         try:
             server.wait_ready(READY_TIMEOUT_S)
             print(
