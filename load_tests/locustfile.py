@@ -295,6 +295,25 @@ class _SampleUser(FastHttpUser):
             return frozenset()
         return frozenset(file_version(Path(options.reload_dir) / name) for name in names)
 
+    def _check(self, response: ResponseContextManager, sent: Sequence[Sample]) -> None:
+        raise NotImplementedError
+
+    def _predict(self, model: str, sent: Sequence[Sample], *, raw: bool) -> None:
+        """One image as the raw body, or the images as multipart ``file`` parts; then ``_check``."""
+        if raw:
+            body, content_type = sent[0].data, sent[0].content_type
+        else:
+            body, content_type = multipart(sent)
+        label = "raw" if raw else "multipart"
+        with self.client.post(
+            f"/predict?model={model}",
+            data=body,
+            headers={"Content-Type": content_type},
+            name=f"/predict {model} {label}",
+            catch_response=True,
+        ) as response:
+            self._check(response, sent)
+
 
 class DigitsUser(_SampleUser):
     """Classification: one raw image, or a multipart batch of 1..4 digit samples."""
@@ -314,28 +333,11 @@ class DigitsUser(_SampleUser):
 
     @task(2)
     def raw(self) -> None:
-        sample = random.choice(self._digits)
-        with self.client.post(
-            "/predict?model=digits",
-            data=sample.data,
-            headers={"Content-Type": sample.content_type},
-            name="/predict digits raw",
-            catch_response=True,
-        ) as response:
-            self._check(response, [sample])
+        self._predict("digits", [random.choice(self._digits)], raw=True)
 
     @task(1)
     def batch(self) -> None:
-        sent = random.choices(self._digits, k=random.randint(1, MAX_BATCH))
-        body, content_type = multipart(sent)
-        with self.client.post(
-            "/predict?model=digits",
-            data=body,
-            headers={"Content-Type": content_type},
-            name="/predict digits multipart",
-            catch_response=True,
-        ) as response:
-            self._check(response, sent)
+        self._predict("digits", random.choices(self._digits, k=random.randint(1, MAX_BATCH)), raw=False)
 
 
 class ShapesUser(_SampleUser):
@@ -350,15 +352,7 @@ class ShapesUser(_SampleUser):
 
     @task(2)
     def raw(self) -> None:
-        sample = random.choice(self._shapes)
-        with self.client.post(
-            "/predict?model=shapes",
-            data=sample.data,
-            headers={"Content-Type": sample.content_type},
-            name="/predict shapes raw",
-            catch_response=True,
-        ) as response:
-            self._check(response, [sample])
+        self._predict("shapes", [random.choice(self._shapes)], raw=True)
 
     @task(1)
     def raw_png(self) -> None:
@@ -379,16 +373,7 @@ class ShapesUser(_SampleUser):
 
     @task(1)
     def batch(self) -> None:
-        sent = random.choices(self._shapes, k=random.randint(1, 2))
-        body, content_type = multipart(sent)
-        with self.client.post(
-            "/predict?model=shapes",
-            data=body,
-            headers={"Content-Type": content_type},
-            name="/predict shapes multipart",
-            catch_response=True,
-        ) as response:
-            self._check(response, sent)
+        self._predict("shapes", random.choices(self._shapes, k=random.randint(1, 2)), raw=False)
 
 
 class AdminUser(FastHttpUser):

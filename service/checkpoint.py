@@ -190,15 +190,43 @@ def apply_checkpoint(model: nn.Module, raw: RawCheckpoint) -> KeyMatch:
     return match
 
 
+def read_verified(path: Path, *, trust_pickle: bool = False) -> tuple[RawCheckpoint, str]:
+    """The checkpoint read once onto the host, and the version of exactly what was read.
+
+    A file replaced while it is read and hashed (a watcher's ``os.replace``) is refused
+    instead of being served under the other file's version.
+    """
+    before = file_identity(path)  # None when missing: read_checkpoint then says what is wrong
+    raw = read_checkpoint(path, map_location="cpu", trust_pickle=trust_pickle)
+    version = checkpoint_version(path)
+    if file_identity(path) != before:
+        raise CheckpointError(f"{path.name} changed while it was being read; replace files atomically")
+    return raw, version
+
+
+def file_identity(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is rewritten or replaced; None while it is missing."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+
+def install(model: nn.Module, raw: RawCheckpoint, device: torch.device | str) -> KeyMatch:
+    """``model`` on ``device`` with ``raw``'s weights (strict), in eval mode, frozen."""
+    model.to(device)
+    match = apply_checkpoint(model, raw)
+    model.eval().requires_grad_(False)
+    return match
+
+
 def load_weights(
     model: nn.Module, path: Path, *, device: torch.device | str = "cpu", trust_pickle: bool = False
 ) -> LoadReport:
     """Load ``path`` into ``model`` on ``device``, eval mode, frozen; touches only ``model``."""
-    raw = read_checkpoint(path, map_location=device, trust_pickle=trust_pickle)
-    version = checkpoint_version(path)
-    model.to(device)
-    match = apply_checkpoint(model, raw)
-    model.eval().requires_grad_(False)
+    raw, version = read_verified(path, trust_pickle=trust_pickle)
+    match = install(model, raw, device)
     return LoadReport(
         path=path,
         version=version,

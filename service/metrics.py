@@ -71,7 +71,7 @@ class Metrics:
         )
         self.decode_duration = Histogram(
             f"{PREFIX}decode_duration_seconds",
-            "Decode and preprocess time of one request.",
+            "Decode time on the request path (CPU replicas decode large images in the batch: inference).",
             ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=r,

@@ -21,7 +21,7 @@ import torch
 
 from service.architecture import build_model
 from service.batching import DynamicBatcher
-from service.checkpoint import checkpoint_version, load_weights
+from service.checkpoint import install, read_verified
 from service.config import ModelSpec, ServeConfig
 from service.decode import DecodedImage
 from service.devices import CoreShare, available_cores, resolve_devices
@@ -230,24 +230,16 @@ class Registry:
 
 
 def _load_version(spec: ModelSpec, checkpoint: Path, replicas: Sequence[Replica]) -> ModelVersion:
-    """Blocking: a fresh copy of the architecture per device with the checkpoint's weights."""
+    """Blocking: the file read once on the host, then a fresh copy of the architecture with
+    its weights on every replica's device (one read and hash however many devices)."""
     started = time.monotonic()
-    # load_weights reads the file, then hashes it again: a file replaced in between would be
-    # served under the new file's version; hashing first as well catches that
-    versions = {checkpoint_version(checkpoint)}
+    raw, version = read_verified(checkpoint, trust_pickle=spec.trust_pickle)
     device_models = []
     for replica in replicas:
         module = build_model(spec.architecture, spec.init_args)
-        report = load_weights(module, checkpoint, device=replica.device, trust_pickle=spec.trust_pickle)
-        versions.add(report.version)
+        install(module, raw, replica.device)
         device_models.append(DeviceModel(module, spec, replica.device))
-    if len(versions) != 1:
-        raise CheckpointError(
-            f"{checkpoint.name} changed while it was being loaded; replace files atomically"
-        )
-    return ModelVersion(
-        versions.pop(), checkpoint, time.time(), time.monotonic() - started, tuple(device_models)
-    )
+    return ModelVersion(version, checkpoint, time.time(), time.monotonic() - started, tuple(device_models))
 
 
 def _warm_up_jobs(spec: ModelSpec) -> list[Job]:

@@ -172,7 +172,10 @@ class Replica:
 
     def _stage(self, jobs: Sequence[Job]) -> torch.Tensor:
         """uint8 batch on the device; through pinned memory and a non-blocking copy on CUDA."""
-        pixels = [job.image.pixels for job in jobs if isinstance(job.image, DecodedImage)]
+        pixels = []
+        for job in jobs:
+            assert isinstance(job.image, DecodedImage), "run() decodes every job first"
+            pixels.append(job.image.pixels)
         if self._pinned is None:
             return torch.stack(pixels)
         staged = torch.stack(pixels, out=self._pinned[: len(pixels)])

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from service.checkpoint import checkpoint_version
+from service.checkpoint import checkpoint_version, file_identity
 from service.errors import ServeError
 
 log = logging.getLogger(__name__)
@@ -26,14 +25,14 @@ async def watch_checkpoint(
     path: Path, current_version: Callable[[], str | None], reload: Reload, interval_s: float
 ) -> None:
     """Runs until cancelled; failures are logged and the old version keeps serving."""
-    last = _stamp(path)
+    last = file_identity(path)
     while True:
         await asyncio.sleep(interval_s)
-        stamp = _stamp(path)
+        stamp = file_identity(path)
         if stamp == last:
             continue
         await asyncio.sleep(interval_s)  # debounce: wait until the writer is done
-        settled = _stamp(path)
+        settled = file_identity(path)
         if settled != stamp:
             continue  # still changing; look again next round
         last = settled
@@ -47,12 +46,3 @@ async def watch_checkpoint(
             await reload(path)
         except ServeError as error:
             log.error("reload of changed checkpoint %s failed, old version serving: %s", path, error)
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    """What changes when a file is rewritten or replaced; None while it is missing."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size, stat.st_ino
