@@ -38,7 +38,7 @@ from models.demo import CHECKPOINT_DIR, DIGITS, SAMPLES_DIR, SHAPES, DemoModel
 from service.config import ServeConfig, load_config
 from service.decode import decode_image
 from service.devices import available_cores
-from service.postprocess import Classification, Job, Segmentation, classify, segment
+from service.postprocess import Classification, Job, Segmentation, task_for
 
 try:
     from load_tests.naive_server import load_model
@@ -167,16 +167,17 @@ def raw_pipeline(config: ServeConfig, name: str) -> Callable[[bytes, int], list[
     """Decode + preprocess + forward + postprocess of a batch, with the server's own functions."""
     loaded = load_model(config.models[name])
     spec, model = loaded.spec, loaded.model
-    segmenting = spec.task == "segmentation"
+    task = task_for(spec)
 
     def run(body: bytes, batch: int) -> list[Result]:
         jobs = [
-            Job(decode_image(body, spec.input, max_pixels=config.server.max_image_pixels))
+            Job.of_image(decode_image(body, spec.input, max_pixels=config.server.max_image_pixels))
             for _ in range(batch)
         ]
-        logits = model(torch.stack([job.image.pixels for job in jobs]))
-        # segment() encodes every mask to PNG too, as the server does
-        results: list[Result] = list(segment(logits, jobs) if segmenting else classify(logits, jobs))
+        # the segmentation task encodes every mask to PNG too, as the server does for /predict
+        results: list[Result] = task.postprocess(
+            model(model.normalise(torch.stack([j.pixels for j in jobs]))), jobs
+        )
         return results
 
     return run

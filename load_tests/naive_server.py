@@ -25,7 +25,7 @@ from service.checkpoint import load_weights
 from service.config import ModelSpec, ServeConfig, load_config
 from service.decode import decode_image
 from service.devices import available_cores
-from service.postprocess import Job, classify, segment
+from service.postprocess import Job, Wants, task_for
 from service.render import classification_body, segmentation_body
 from service.replica import DeviceModel
 
@@ -51,12 +51,11 @@ def load_model(spec: ModelSpec) -> NaiveModel:
 def predict_one(loaded: NaiveModel, body: bytes, top_k: int, max_pixels: int) -> list[dict[str, Any]]:
     """Decode, forward and postprocess one image: the contract's ``predictions`` list."""
     spec = loaded.spec
-    jobs = [Job(decode_image(body, spec.input, max_pixels=max_pixels), top_k)]
+    jobs = [Job.of_image(decode_image(body, spec.input, max_pixels=max_pixels), Wants(top_k=top_k))]
     with torch.inference_mode():
-        logits = loaded.model(jobs[0].image.pixels[None])
-        if spec.task == "classification":
-            return classification_body(classify(logits, jobs), spec.labels)
-        results = segment(logits, jobs)
+        results = task_for(spec).postprocess(loaded.model(loaded.model.normalise(jobs[0].pixels[None])), jobs)
+    if spec.task == "classification":
+        return classification_body(results, spec.labels)
     return segmentation_body(results)
 
 

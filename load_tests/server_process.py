@@ -19,7 +19,12 @@ from types import TracebackType
 
 REPO = Path(__file__).resolve().parent.parent
 # Variables that would override the config a caller wrote for its server.
-_OVERRIDING = ("MODEL_SERVE_CONFIG", "MODEL_SERVE_CHECKPOINT_ROOT", "MODEL_SERVE_DEFAULT_MODEL")
+_OVERRIDING = (
+    "MODEL_SERVE_CONFIG",
+    "MODEL_SERVE_CHECKPOINT_ROOT",
+    "MODEL_SERVE_DEFAULT_MODEL",
+    "MODEL_SERVE_GRPC_PORT",
+)
 
 
 def free_port() -> int:
@@ -35,9 +40,12 @@ class ServerProcess:
 
     def __init__(self, config: Path | None, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
+        self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_address = f"127.0.0.1:{self.grpc_port}"
         self.log_path = log_path
         args = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)]
+        args += ["--grpc-port", str(self.grpc_port)]
         if config is not None:
             args += ["--config", str(config)]
         child_env = {key: value for key, value in os.environ.items() if key not in _OVERRIDING}

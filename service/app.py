@@ -12,7 +12,7 @@ import gc
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -33,6 +33,9 @@ from service.registry import Registry
 from service.render import error_response
 from service.routes import predict, router
 from service.runtime import Runtime
+from service.v2_grpc import start_grpc, stop_grpc
+from service.v2_rest import infer_route, infer_target
+from service.v2_rest import router as v2_router
 
 log = logging.getLogger(__name__)
 
@@ -42,29 +45,38 @@ def create_app(
     *,
     metrics: Metrics | None = None,
     on_fatal: Callable[[BaseException], None] | None = None,
+    grpc_host: str = "127.0.0.1",
 ) -> FastAPI:
-    """A ready-to-run app for ``config``; nothing loads until its lifespan starts."""
+    """A ready-to-run app for ``config``; nothing loads or listens until its lifespan starts
+    (then gRPC listens on ``grpc_host`` and ``server.grpc_port``, unless that is null)."""
     metrics = metrics or Metrics()
     token = config.server.admin_token or secrets.token_urlsafe(24)
     if config.server.admin_token is None:
         log.warning("no MODEL_SERVE_ADMIN_TOKEN set; this run's admin token is %s", token)
+    workers = ThreadPoolExecutor(max(2, available_cores()), thread_name_prefix="worker")
     runtime = Runtime(
         config=config,
-        registry=Registry(config, metrics),
+        registry=Registry(config, metrics, workers),
         metrics=metrics,
-        workers=ThreadPoolExecutor(max(2, available_cores()), thread_name_prefix="worker"),
+        workers=workers,
         admin_token=token,
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.loop = asyncio.get_running_loop()
+        grpc_port = config.server.grpc_port
+        grpc_server = None
+        if grpc_port is not None:
+            grpc_server, runtime.grpc_port = await start_grpc(runtime, grpc_host, grpc_port)
         loading = asyncio.create_task(runtime.registry.start(), name="load-models")
         loading.add_done_callback(lambda task: _after_load(task, runtime, on_fatal))
         try:
             yield
         finally:
             runtime.draining = True
+            if grpc_server is not None:  # answers the calls in flight while the replicas still run
+                await stop_grpc(grpc_server, config.server.drain_grace_s)
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             await runtime.registry.stop()
@@ -79,6 +91,7 @@ def create_app(
     app.state.runtime = runtime
     app.request_ids = RequestIds()
     app.include_router(router)
+    app.include_router(v2_router)
     _add_error_handlers(app)
     app.add_middleware(RequestIdMiddleware, ids=app.request_ids)
     return app
@@ -173,7 +186,7 @@ class RequestIdMiddleware:
 
 
 class ServeApp(FastAPI):
-    """FastAPI, except that ``POST /predict`` goes straight to its handler.
+    """FastAPI, except that ``POST /predict`` and v2 ``POST .../infer`` go straight to their handlers.
 
     Measured here under load, the generic layers (error and telemetry middleware, body-limit
     wrapper, router matching, exit stacks) took about a fifth of the event loop's time per
@@ -184,20 +197,29 @@ class ServeApp(FastAPI):
     request_ids: RequestIds  # set by create_app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/predict" and scope["method"] == "POST":
-            await self._predict(scope, receive, send)
-        else:
+        handler = _fast_path(scope)
+        if handler is None:
             await super().__call__(scope, receive, send)
-
-    async def _predict(self, scope: Scope, receive: Receive, send: Send) -> None:
+            return
         scope["app"] = self
         send = self.request_ids.tag(scope, send)
         request = Request(scope, receive, send)
         try:
-            response = await predict(request)
+            response = await handler(request)
         except Exception as exc:
             response = _unexpected(request, exc)
         await response(scope, receive, send)
+
+
+def _fast_path(scope: Scope) -> Callable[[Request], Awaitable[Response]] | None:
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return None
+    path: str = scope["path"]
+    if path == "/predict":
+        return predict
+    if path.startswith("/v2/models/") and infer_target(path) is not None:
+        return infer_route
+    return None
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:

@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 from service.errors import QueueFull
 
 PayloadT = TypeVar("PayloadT")
+TagT = TypeVar("TagT")
 
 
 @dataclass(eq=False, slots=True)
@@ -47,20 +48,20 @@ class _Ticket:
 
 
 @dataclass(eq=False, slots=True)
-class _Item(Generic[PayloadT]):
+class _Item(Generic[PayloadT, TagT]):
     payload: PayloadT
-    tag: Any
+    tag: TagT
     ticket: _Ticket
     index: int
     enqueued_at: float
 
 
 @dataclass(eq=False)
-class Batch(Generic[PayloadT]):
+class Batch(Generic[PayloadT, TagT]):
     """Items taken together for one forward; all share one ``tag`` (e.g. a model version)."""
 
-    tag: Any
-    items: list[_Item[PayloadT]] = field(default_factory=list)
+    tag: TagT
+    items: list[_Item[PayloadT, TagT]] = field(default_factory=list)
 
     @property
     def payloads(self) -> list[PayloadT]:
@@ -84,7 +85,7 @@ class Batch(Generic[PayloadT]):
             item.ticket.fail(error)
 
 
-class DynamicBatcher(Generic[PayloadT]):
+class DynamicBatcher(Generic[PayloadT, TagT]):
     """Bounded per-model queue; ``submit`` from request handlers, ``next_batch`` from replicas."""
 
     def __init__(
@@ -99,7 +100,7 @@ class DynamicBatcher(Generic[PayloadT]):
         self.max_delay_s = max_delay_s
         self.max_queue_size = max_queue_size
         self._clock = clock
-        self._queue: deque[_Item[PayloadT]] = deque()
+        self._queue: deque[_Item[PayloadT, TagT]] = deque()
         self._arrived = asyncio.Event()
 
     @property
@@ -107,7 +108,7 @@ class DynamicBatcher(Generic[PayloadT]):
         """Images waiting (including ones whose caller has gone and that will be skipped)."""
         return len(self._queue)
 
-    def submit(self, payloads: Sequence[PayloadT], tag: Any = None) -> asyncio.Future[list[Any]]:
+    def submit(self, payloads: Sequence[PayloadT], tag: TagT) -> asyncio.Future[list[Any]]:
         """Queues one request's items; the future resolves to their outputs in order."""
         if len(self._queue) + len(payloads) > self.max_queue_size:
             raise QueueFull(
@@ -123,7 +124,7 @@ class DynamicBatcher(Generic[PayloadT]):
         self._arrived.set()
         return future
 
-    async def next_batch(self) -> Batch[PayloadT]:
+    async def next_batch(self) -> Batch[PayloadT, TagT]:
         """Waits for work; always returns at least one live item, all with the same tag."""
         while True:
             self._drop_abandoned_head()
@@ -138,8 +139,16 @@ class DynamicBatcher(Generic[PayloadT]):
                     continue
             return self._take()
 
-    def _take(self) -> Batch[PayloadT]:
-        batch: Batch[PayloadT] = Batch(self._queue[0].tag)
+    def fail_queued(self, error: BaseException) -> int:
+        """Fails every request that still has an item waiting (shutdown); returns how many."""
+        tickets = {id(item.ticket): item.ticket for item in self._queue if not item.ticket.future.done()}
+        self._queue.clear()
+        for ticket in tickets.values():
+            ticket.fail(error)
+        return len(tickets)
+
+    def _take(self) -> Batch[PayloadT, TagT]:
+        batch: Batch[PayloadT, TagT] = Batch(self._queue[0].tag)
         queue = self._queue
         while queue and len(batch.items) < self.max_batch_size and queue[0].tag is batch.tag:
             item = queue.popleft()

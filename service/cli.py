@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
-            return serve(args.config, host=args.host, port=args.port)
+            return serve(args.config, host=args.host, port=args.port, grpc_port=args.grpc_port)
         return _inspect(args)
     except ServeError as error:
         print(f"model-serve: {error.message}", file=sys.stderr)
@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8000)
+    serve_cmd.add_argument(
+        "--grpc-port",
+        type=_grpc_port,
+        default=None,
+        help="v2 gRPC port, or 'off' (default: server.grpc_port, $MODEL_SERVE_GRPC_PORT, else 8081)",
+    )
     inspect_cmd = commands.add_parser("inspect", help="what a checkpoint holds; does it load?")
     inspect_cmd.add_argument("checkpoint", type=Path)
     inspect_cmd.add_argument("--architecture", help="importable.module:callable")
@@ -61,9 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def serve(config_path: Path | None, *, host: str, port: int) -> int:
-    """Runs the server until SIGINT/SIGTERM; drains in-flight requests before exiting."""
-    config = _load(config_path)
+def serve(config_path: Path | None, *, host: str, port: int, grpc_port: int | str | None = None) -> int:
+    """Runs the server until SIGINT/SIGTERM; drains in-flight requests before exiting.
+
+    ``grpc_port`` (an int, or ``"off"``) overrides the config's ``server.grpc_port``."""
+    config = _with_grpc_port(_load(config_path), grpc_port)
     configure_logging(config.server.log_format)
     torch.set_num_threads(config.server.torch_threads or available_cores())
     failures: list[BaseException] = []
@@ -74,7 +82,7 @@ def serve(config_path: Path | None, *, host: str, port: int) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(config, on_fatal=on_fatal)
+    app = create_app(config, on_fatal=on_fatal, grpc_host=host)
     uvicorn_config = uvicorn.Config(
         app,
         http=bounded_protocol(config.server.max_header_bytes),
@@ -118,6 +126,21 @@ class DrainingServer(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _grpc_port(text: str) -> int | str:
+    if text.lower() == "off":
+        return "off"
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number or 'off'")
+    return int(text)
+
+
+def _with_grpc_port(config: ServeConfig, grpc_port: int | str | None) -> ServeConfig:
+    if grpc_port is None:
+        return config
+    server = config.server.model_copy(update={"grpc_port": None if grpc_port == "off" else grpc_port})
+    return config.model_copy(update={"server": server})
 
 
 def _load(config_path: Path | None) -> ServeConfig:

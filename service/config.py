@@ -117,6 +117,9 @@ class ServerSpec(_Frozen):
     watch_interval_s: float = Field(1.0, gt=0, description="how often watched checkpoints are checked")
     log_format: Literal["text", "json"] = "text"
     admin_token: str | None = Field(None, repr=False)
+    grpc_port: int | None = Field(
+        8081, ge=0, le=65535, description="v2 gRPC port (0: any free port); null turns gRPC off"
+    )
 
 
 class ServeConfig(_Frozen):
@@ -175,7 +178,10 @@ _SERVER_ENV = {
     "TORCH_THREADS": "torch_threads",
     "LOG_FORMAT": "log_format",
     "ADMIN_TOKEN": "admin_token",
+    "GRPC_PORT": "grpc_port",
 }
+# An environment value that stands for a config ``null`` (e.g. MODEL_SERVE_GRPC_PORT=off).
+_NULL_WORDS = {"null", "none", "off"}
 
 
 def _with_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -183,7 +189,7 @@ def _with_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dic
     for suffix, key in _SERVER_ENV.items():
         value = environ.get(ENV_PREFIX + suffix)
         if value:
-            server[key] = value
+            server[key] = None if value.lower() in _NULL_WORDS else value
     data["server"] = server
     for suffix, key in (("DEFAULT_MODEL", "default_model"), ("CHECKPOINT_ROOT", "checkpoint_root")):
         value = environ.get(ENV_PREFIX + suffix)

@@ -121,3 +121,16 @@ class InferenceFailed(ServeError):
 
     code = "inference_failed"
     status = 500
+
+
+class NonFiniteOutput(InferenceFailed):
+    """The model's logits held NaN or inf: no answer is better than a wrong one."""
+
+    code = "non_finite_output"
+
+
+class BadRequest(ServeError):
+    """A malformed protocol request: wrong input name, datatype, shape, or truncated data."""
+
+    code = "bad_request"
+    status = 400

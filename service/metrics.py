@@ -89,6 +89,12 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        self.failed_batches = Counter(
+            f"{PREFIX}failed_batches",
+            "Batches whose forward or postprocess failed (their requests answered 5xx), by reason.",
+            ["model", "reason"],
+            registry=r,
+        )
         self.model_info = Gauge(
             f"{PREFIX}model_info",
             "The version serving each model (value 1).",
@@ -149,6 +155,9 @@ class ModelMetrics:
 
     def rejected(self, reason: str) -> None:
         self._metrics.rejected.labels(self.model, reason).inc()
+
+    def failed_batch(self, reason: str) -> None:
+        self._metrics.failed_batches.labels(self.model, reason).inc()
 
     def observe_batch(self, device: str, size: int, wait_s: float, compute_s: float) -> None:
         histogram = self._inference.get(device)

@@ -1,52 +1,148 @@
-"""Logits -> answers: pick the logits from a model's output, then classify or segment a batch.
+"""What a batch's logits become: one ``Task`` per kind of model, chosen once when it loads.
 
-``select_logits`` and the batch functions run on the replica's thread and device; the
-results are small CPU objects. ``mask_png`` runs in the worker pool.
+A task checks the logits' shape, and turns a batch of them into one small CPU result per image
+on the replica's thread and device (one device-to-host copy per batch). What each image's
+answer needs (top-k, the whole softmax row, a mask at some size, its PNG) travels with the
+image in its ``Job``, so every door (``/predict``, v2 REST, v2 gRPC) shares one batch.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from service.config import ModelSpec
 from service.decode import DecodedImage
 from service.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
-class Job:
-    """One image of a request on its way through the batcher: decoded already, or only opened
-    (header checked) when a CPU replica decodes it on its own thread between forwards."""
+class Wants:
+    """What the answers of one request need; the same for each of its images."""
 
-    image: DecodedImage | Image.Image
     top_k: int = 5
+    probabilities: bool = False  # classification: the whole softmax row too
+    mask_png: bool = True  # segmentation: the mask encoded as a PNG too
+    mask_at_input_size: bool = False  # segmentation: at the model's input size, not the image's
 
 
-Postprocess = Callable[[torch.Tensor, Sequence[Job]], list[Any]]
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One image of a request, ready to stack: ``pixels`` is uint8 ``[H, W, C]`` (an image the
+    replica normalises) or float32 ``[C, H, W]`` (a tensor already normalised by the client)."""
+
+    pixels: torch.Tensor
+    output_size: tuple[int, int]  # (H, W) a segmentation mask is answered at
+    wants: Wants = Wants()
+
+    @classmethod
+    def of_image(cls, image: DecodedImage, wants: Wants = Wants()) -> Job:
+        """A decoded image's job; masks are answered at the image's own size."""
+        return cls(image.pixels, (image.height, image.width), wants)
+
+    @property
+    def normalised(self) -> bool:
+        return self.pixels.is_floating_point()
 
 
 @dataclass(frozen=True, slots=True)
 class Classification:
-    """Class indices and softmax scores, best first."""
+    """Class indices and softmax scores, best first; ``probabilities`` when the job asked."""
 
     indices: list[int]
     scores: list[float]
+    probabilities: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Segmentation:
-    """A class-index mask at the input image's own size, as an array and as PNG bytes."""
+    """A class-index mask at the job's output size, its PNG when asked, and pixels per class."""
 
     mask: np.ndarray
-    png: bytes
+    png: bytes | None
     class_pixel_counts: dict[str, int]
+
+
+class Task:
+    """The stages that differ between kinds of model; subclasses are stateless."""
+
+    name: ClassVar[str]
+
+    def check(self, logits: torch.Tensor) -> None:
+        """Raises ``ConfigError`` when the logits cannot be this task's."""
+        raise NotImplementedError
+
+    def postprocess(self, logits: torch.Tensor, jobs: Sequence[Job]) -> list[Any]:
+        """One result per job, in order (runs on the replica's thread and device)."""
+        raise NotImplementedError
+
+
+class ClassificationTask(Task):
+    name = "classification"
+
+    def check(self, logits: torch.Tensor) -> None:
+        if logits.ndim != 2:
+            raise ConfigError(
+                f"a classification model must return [batch, classes] logits, got {list(logits.shape)}"
+            )
+
+    def postprocess(self, logits: torch.Tensor, jobs: Sequence[Job]) -> list[Classification]:
+        self.check(logits)
+        probabilities = torch.softmax(logits.float(), dim=1)
+        k = min(max(job.wants.top_k for job in jobs), logits.shape[1])
+        scores, indices = probabilities.topk(k, dim=1)
+        score_rows, index_rows = scores.cpu().tolist(), indices.cpu().tolist()
+        rows = probabilities.cpu().numpy() if any(job.wants.probabilities for job in jobs) else None
+        return [
+            Classification(
+                index_row[: job.wants.top_k],
+                score_row[: job.wants.top_k],
+                rows[i] if rows is not None and job.wants.probabilities else None,
+            )
+            for i, (job, score_row, index_row) in enumerate(zip(jobs, score_rows, index_rows, strict=True))
+        ]
+
+
+class SegmentationTask(Task):
+    name = "segmentation"
+
+    def check(self, logits: torch.Tensor) -> None:
+        if logits.ndim != 4:
+            raise ConfigError(
+                f"a segmentation model must return [batch, classes, H, W] logits, got {list(logits.shape)}"
+            )
+        if logits.shape[1] > 256:
+            raise ConfigError(f"masks are 8-bit: at most 256 classes, got {logits.shape[1]}")
+
+    def postprocess(self, logits: torch.Tensor, jobs: Sequence[Job]) -> list[Segmentation]:
+        """Per image: logits upsampled to its output size, argmax, pixels per class."""
+        self.check(logits)
+        results = []
+        for row, job in zip(logits, jobs, strict=True):
+            scores = row[None].float()
+            if tuple(scores.shape[2:]) != job.output_size:
+                scores = F.interpolate(scores, size=job.output_size, mode="bilinear", align_corners=False)
+            mask = scores[0].argmax(dim=0).to(torch.uint8)
+            counts = torch.bincount(mask.flatten(), minlength=row.shape[0]).cpu().tolist()
+            array = mask.cpu().numpy()
+            png = mask_png(array) if job.wants.mask_png else None
+            results.append(Segmentation(array, png, {str(i): n for i, n in enumerate(counts)}))
+        return results
+
+
+_TASKS: dict[str, Task] = {task.name: task for task in (ClassificationTask(), SegmentationTask())}
+
+
+def task_for(spec: ModelSpec) -> Task:
+    """The task object of a configured model (the config allows only known names)."""
+    return _TASKS[spec.task]
 
 
 def select_logits(output: Any, key: int | str | None) -> torch.Tensor:
@@ -69,41 +165,6 @@ def select_logits(output: Any, key: int | str | None) -> torch.Tensor:
             f"the model's output has no tensor at {where} ({available}); set the model's 'output'"
         )
     return chosen
-
-
-def classify(logits: torch.Tensor, jobs: Sequence[Job]) -> list[Classification]:
-    """Softmax top-k per image; one device-to-host copy for the whole batch."""
-    if logits.ndim != 2:
-        raise ConfigError(
-            f"a classification model must return [batch, classes] logits, got {list(logits.shape)}"
-        )
-    k = min(max(job.top_k for job in jobs), logits.shape[1])
-    scores, indices = torch.softmax(logits.float(), dim=1).topk(k, dim=1)
-    score_rows, index_rows = scores.cpu().tolist(), indices.cpu().tolist()
-    return [
-        Classification(index_row[: job.top_k], score_row[: job.top_k])
-        for job, score_row, index_row in zip(jobs, score_rows, index_rows, strict=True)
-    ]
-
-
-def segment(logits: torch.Tensor, jobs: Sequence[Job]) -> list[Segmentation]:
-    """Per image: logits upsampled to the image's own size, argmax, pixels per class."""
-    if logits.ndim != 4:
-        raise ConfigError(
-            f"a segmentation model must return [batch, classes, H, W] logits, got {list(logits.shape)}"
-        )
-    if logits.shape[1] > 256:
-        raise ConfigError(f"masks are 8-bit PNGs: at most 256 classes, got {logits.shape[1]}")
-    results = []
-    for row, job in zip(logits, jobs, strict=True):
-        assert isinstance(job.image, DecodedImage)
-        size = (job.image.height, job.image.width)
-        upsampled = F.interpolate(row[None].float(), size=size, mode="bilinear", align_corners=False)
-        mask = upsampled[0].argmax(dim=0).to(torch.uint8)
-        counts = torch.bincount(mask.flatten(), minlength=row.shape[0]).cpu().tolist()
-        array = mask.cpu().numpy()
-        results.append(Segmentation(array, mask_png(array), {str(i): n for i, n in enumerate(counts)}))
-    return results
 
 
 def mask_png(mask: np.ndarray) -> bytes:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,83 +24,33 @@ from service.architecture import build_model
 from service.batching import DynamicBatcher
 from service.checkpoint import install, read_verified
 from service.config import ModelSpec, ServeConfig
-from service.decode import DecodedImage
 from service.devices import CoreShare, available_cores, resolve_devices
-from service.errors import CheckpointError, InferenceFailed, InvalidParameter, NotFound, ServeError
-from service.metrics import Metrics, ModelMetrics
-from service.postprocess import Job, Postprocess, classify, segment
-from service.replica import DeviceModel, Replica
+from service.errors import CheckpointError, InvalidParameter, NonFiniteOutput, NotFound, ServeError
+from service.metrics import Metrics
+from service.postprocess import Classification, Job, Segmentation, Wants, task_for
+from service.replica import DeviceModel, ModelVersion, Replica
+from service.served import ServedModel
 from service.watcher import watch_checkpoint
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, eq=False)
-class ModelVersion:
-    """One loaded checkpoint: a copy of the weights on every device of the model."""
-
-    version: str
-    checkpoint: Path
-    loaded_at: float
-    load_seconds: float
-    device_models: tuple[DeviceModel, ...]  # one per replica, in replica order
-
-
-@dataclass(eq=False)
-class ServedModel:
-    """Everything that serves one configured model; the predict path only reads it."""
-
-    name: str
-    spec: ModelSpec
-    batcher: DynamicBatcher[Job]
-    replicas: list[Replica]
-    metrics: ModelMetrics
-    postprocess: Postprocess
-    active: ModelVersion | None = None
-    previous: ModelVersion | None = None
-    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    @property
-    def decodes_on_replicas(self) -> bool:
-        """CPU replicas decode their own batches (see replica.py); GPU ones get decoded images."""
-        return all(replica.device.type == "cpu" for replica in self.replicas)
-
-    @property
-    def devices(self) -> list[str]:
-        return [replica.device_key for replica in self.replicas]
-
-    def describe(self) -> dict[str, Any]:
-        """The public description served by ``GET /models``."""
-        active = self.active
-        return {
-            "name": self.name,
-            "task": self.spec.task,
-            "version": active.version if active else None,
-            "previous_version": self.previous.version if self.previous else None,
-            "architecture": self.spec.architecture,
-            "checkpoint": active.checkpoint.name if active else self.spec.checkpoint.name,
-            "devices": self.devices,
-            "replicas": [
-                {"device": replica.device_key, "batches": replica.batches_served, "busy": replica.busy}
-                for replica in self.replicas
-            ],
-            "batching": self.spec.batching.model_dump(),
-            "input": self.spec.input.model_dump(),
-            "labels": list(self.spec.labels) if self.spec.labels else None,
-            "loaded_at": _iso(active.loaded_at) if active else None,
-            "ready": active is not None,
-        }
-
-
 class Registry:
     """All served models; created from the config, started and stopped by the app's lifespan."""
 
-    def __init__(self, config: ServeConfig, metrics: Metrics) -> None:
+    def __init__(self, config: ServeConfig, metrics: Metrics, workers: Executor) -> None:
         self.config = config
         self.metrics = metrics
+        self.workers = workers
         self.models: dict[str, ServedModel] = {}
-        self.ready = False
+        self.started = False
         self._tasks: list[asyncio.Task[None]] = []
+        metrics.ready.set_function(lambda: float(self.ready))
+
+    @property
+    def ready(self) -> bool:
+        """Every model loaded, warm, and with all its replica loops running."""
+        return self.started and all(served.ready for served in self.models.values())
 
     def get(self, name: str | None) -> ServedModel:
         """The named model (the default one for ``None``); 404 when unknown."""
@@ -115,19 +66,31 @@ class Registry:
             self.models[name] = self._build(name, spec)
         for served in self.models.values():
             version = await self._load_and_warm(served, served.spec.checkpoint)
+            assert version is not None  # nothing serves yet, so nothing to be unchanged from
             self._activate(served, version)
             for replica in served.replicas:
-                task = asyncio.create_task(
-                    replica.serve(served.batcher, served.postprocess, served.metrics.observe_batch),
-                    name=f"replica-{replica.model_name}-{replica.device_key}",
+                self._keep_running(
+                    f"replica-{served.name}-{replica.slot}-{replica.device_key}",
+                    lambda served=served, replica=replica: replica.serve(  # type: ignore[misc]
+                        served.batcher, served.task, served.metrics
+                    ),
+                    down=served.replicas_down,
+                    key=replica.slot,
                 )
-                self._tasks.append(task)
             if served.spec.watch:
-                self._tasks.append(asyncio.create_task(self._watch(served), name=f"watch-{served.name}"))
-        self.ready = True
-        self.metrics.ready.set(1)
+                self._keep_running(f"watch-{served.name}", lambda served=served: self._watch(served))  # type: ignore[misc]
+        self.started = True
 
-    def _watch(self, served: ServedModel) -> Coroutine[Any, Any, None]:
+    def _keep_running(
+        self, name: str, run: Callable[[], Awaitable[None]], *, down: set[int] | None = None, key: int = 0
+    ) -> None:
+        """A supervised background task: if ``run`` ever ends (it should not), it is logged,
+        marked down in ``down`` (which readiness reads) and restarted after a pause."""
+        task = asyncio.create_task(_supervise(name, run, down, key), name=name)
+        task.add_done_callback(_log_end)
+        self._tasks.append(task)
+
+    def _watch(self, served: ServedModel) -> Awaitable[None]:
         def current() -> str | None:
             return served.active.version if served.active else None
 
@@ -136,10 +99,13 @@ class Registry:
 
         return watch_checkpoint(served.spec.checkpoint, current, reload, self.config.server.watch_interval_s)
 
+    def fail_queued(self, error: ServeError) -> int:
+        """Fails every request still waiting in any model's queue (end of the drain grace)."""
+        return sum(served.batcher.fail_queued(error) for served in self.models.values())
+
     async def stop(self) -> None:
         """Cancels the replica loops (failing what they hold) and joins their threads."""
-        self.ready = False
-        self.metrics.ready.set(0)
+        self.started = False
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -147,22 +113,27 @@ class Registry:
             for replica in served.replicas:
                 await asyncio.to_thread(replica.close)
 
-    async def reload(self, name: str, checkpoint: Path) -> tuple[str | None, str]:
-        """Loads ``checkpoint`` beside the serving weights, checks it, swaps it in."""
+    async def reload(self, name: str, checkpoint: Path) -> tuple[str | None, str, bool]:
+        """Loads ``checkpoint`` beside the serving weights, checks it, swaps it in; the same
+        content as the serving version changes nothing (the rollback target is kept)."""
         served = self.get(name)
         async with served.reload_lock:
             previous = served.active.version if served.active else None
             try:
-                version = await self._load_and_warm(served, checkpoint)
+                version = await self._load_and_warm(served, checkpoint, unless=previous)
             except ServeError:
                 self.metrics.reloads.labels(name, "failure").inc()
                 raise
             except Exception as exc:
                 self.metrics.reloads.labels(name, "failure").inc()
                 raise CheckpointError(f"{checkpoint.name} failed: {type(exc).__name__}: {exc}") from exc
+            if version is None:
+                self.metrics.reloads.labels(name, "unchanged").inc()
+                assert previous is not None
+                return previous, previous, False
             self._activate(served, version)
             self.metrics.reloads.labels(name, "success").inc()
-            return previous, version.version
+            return previous, version.version, True
 
     async def rollback(self, name: str) -> tuple[str, str]:
         """Swaps the previous version back in (it stays in memory for this)."""
@@ -191,33 +162,41 @@ class Registry:
             )
             for slot, device in enumerate(devices)
         ]
-        batcher: DynamicBatcher[Job] = DynamicBatcher(
+        batcher: DynamicBatcher[Job, ModelVersion] = DynamicBatcher(
             max_batch_size=spec.batching.max_batch_size,
             max_delay_s=spec.batching.max_delay_s,
             max_queue_size=spec.batching.max_queue_size,
         )
         metrics = self.metrics.for_model(name)
         metrics.track_queue(lambda: batcher.depth)
-        postprocess = classify if spec.task == "classification" else segment
-        return ServedModel(name, spec, batcher, replicas, metrics, postprocess)
+        return ServedModel(
+            name, spec, task_for(spec), batcher, replicas, metrics, self.config.server, self.workers
+        )
 
-    async def _load_and_warm(self, served: ServedModel, checkpoint: Path) -> ModelVersion:
+    async def _load_and_warm(
+        self, served: ServedModel, checkpoint: Path, *, unless: str | None = None
+    ) -> ModelVersion | None:
+        """A new version, loaded and warm on every replica; ``None`` when its content is the
+        version ``unless`` (nothing to do)."""
         started = time.monotonic()
-        version = await asyncio.to_thread(_load_version, served.spec, checkpoint, served.replicas)
+        version = await asyncio.to_thread(_load_version, served.spec, checkpoint, served.replicas, unless)
+        if version is None:
+            return None
         jobs = _warm_up_jobs(served.spec)
+        results: list[Any] = []
         for replica in served.replicas:
-            finite = await asyncio.wrap_future(replica.submit(version, jobs, _check_finite))
-            if not all(finite):
+            try:
+                results = await asyncio.wrap_future(replica.submit(version, jobs, served.task))
+            except NonFiniteOutput:
                 raise CheckpointError(
                     f"{checkpoint.name}: the warm-up forward on {replica.device_key} gave "
                     "non-finite outputs (NaN or inf); the weights are not served"
-                )
-        return ModelVersion(
-            version.version,
-            version.checkpoint,
-            time.time(),
-            time.monotonic() - started,
-            version.device_models,
+                ) from None
+        return replace(
+            version,
+            loaded_at=time.time(),
+            load_seconds=time.monotonic() - started,
+            classes=_classes(results[0]),
         )
 
     def _activate(self, served: ServedModel, version: ModelVersion) -> None:
@@ -229,11 +208,42 @@ class Registry:
         log.info("model %s serving version %s from %s", served.name, version.version, version.checkpoint)
 
 
-def _load_version(spec: ModelSpec, checkpoint: Path, replicas: Sequence[Replica]) -> ModelVersion:
+# A task that dies at once again is retried with a doubling pause, up to the last figure.
+RESTART_PAUSE_S = (0.1, 5.0)
+
+
+async def _supervise(name: str, run: Callable[[], Awaitable[None]], down: set[int] | None, key: int) -> None:
+    pause_s, longest_s = RESTART_PAUSE_S
+    while True:
+        try:
+            await run()
+            log.error("background task %s ended on its own; restarting it", name)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # whatever ends it, it must not be lost
+            log.error("background task %s died (%s); restarting it", name, type(exc).__name__, exc_info=exc)
+        if down is not None:
+            down.add(key)
+        await asyncio.sleep(pause_s)
+        pause_s = min(pause_s * 2, longest_s)
+        if down is not None:
+            down.discard(key)
+
+
+def _log_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s stopped", task.get_name(), exc_info=task.exception())
+
+
+def _load_version(
+    spec: ModelSpec, checkpoint: Path, replicas: Sequence[Replica], unless: str | None
+) -> ModelVersion | None:
     """Blocking: the file read once on the host, then a fresh copy of the architecture with
     its weights on every replica's device (one read and hash however many devices)."""
     started = time.monotonic()
     raw, version = read_verified(checkpoint, trust_pickle=spec.trust_pickle)
+    if version == unless:
+        return None
     device_models = []
     for replica in replicas:
         module = build_model(spec.architecture, spec.init_args)
@@ -247,15 +257,12 @@ def _warm_up_jobs(spec: ModelSpec) -> list[Job]:
     height, width = spec.input.size
     rng = np.random.default_rng(0)
     pixels = torch.from_numpy(rng.integers(0, 256, (height, width, spec.input.channels), dtype=np.uint8))
-    image = DecodedImage(pixels, width, height)
-    return [Job(image, 1)] * spec.batching.max_batch_size
+    wants = Wants(top_k=1, probabilities=True, mask_png=False)
+    return [Job(pixels, (height, width), wants)] * spec.batching.max_batch_size
 
 
-def _check_finite(logits: torch.Tensor, jobs: Sequence[Job]) -> list[bool]:
-    if not isinstance(logits, torch.Tensor):
-        raise InferenceFailed("the model's output is not a tensor")
-    return [bool(torch.isfinite(logits).all())] * len(jobs)
-
-
-def _iso(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+def _classes(result: Classification | Segmentation) -> int:
+    if isinstance(result, Segmentation):
+        return len(result.class_pixel_counts)
+    assert result.probabilities is not None  # the warm-up asks for them
+    return len(result.probabilities)

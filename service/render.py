@@ -48,7 +48,7 @@ def segmentation_body(results: Sequence[Segmentation]) -> list[dict[str, Any]]:
         {
             "width": int(result.mask.shape[1]),
             "height": int(result.mask.shape[0]),
-            "mask_png_base64": base64.b64encode(result.png).decode("ascii"),
+            "mask_png_base64": base64.b64encode(result.png or b"").decode("ascii"),
             "class_pixel_counts": result.class_pixel_counts,
         }
         for result in results

@@ -1,13 +1,10 @@
 """A replica: one model's weights on one device, run by one thread that nothing else uses.
 
-On a CPU replica the thread also decodes its batch's images first: torch's threads use every
-core for the forward, and any other CPU work running beside it (a decode in another thread)
-stalls their barriers, which measured here cost a third of the U-Net's throughput.
-
-The replica pulls batches from its model's batcher while idle, stages the uint8 pixels (pinned
-host memory and a ``non_blocking`` copy on its own CUDA stream, on a GPU), normalises on the
-device, runs the forward under ``torch.inference_mode()``, postprocesses on the device, and
-settles the batch's requests. A failing batch fails only its own requests.
+The replica pulls batches of decoded jobs from its model's batcher while idle, stages the uint8
+pixels (pinned host memory and a ``non_blocking`` copy on its own CUDA stream, on a GPU),
+normalises on the device, runs the forward under ``torch.inference_mode()``, runs the task's
+postprocess on the device, and settles the batch's requests. Whatever a batch raises (any
+``BaseException`` but the replica's own cancellation) fails only that batch's requests.
 """
 
 from __future__ import annotations
@@ -15,22 +12,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from service.batching import Batch, DynamicBatcher
 from service.config import ModelSpec
-from service.decode import DecodedImage, prepare_image
 from service.devices import CoreShare
-from service.errors import InferenceFailed, NotReady, ServeError
-from service.postprocess import Job, Postprocess, select_logits
+from service.errors import InferenceFailed, NonFiniteOutput, NotReady, ServeError
+from service.metrics import ModelMetrics
+from service.postprocess import Job, Task, select_logits
 
 log = logging.getLogger(__name__)
-
-BatchObserver = Callable[[str, int, float, float], None]
 
 
 class DeviceModel:
@@ -39,7 +36,6 @@ class DeviceModel:
     def __init__(self, module: torch.nn.Module, spec: ModelSpec, device: torch.device) -> None:
         self.module = module
         self.device = device
-        self.input_spec = spec.input
         self.output_key = spec.output
         self.dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
         self.dtype = self.dtype or torch.float32
@@ -50,21 +46,35 @@ class DeviceModel:
         self._scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1).to(device, self.dtype)
         self._shift = (-mean / std).view(1, -1, 1, 1).to(device, self.dtype)
 
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 [N, H, W, C] on this device -> the logits tensor."""
-        inputs = pixels.permute(0, 3, 1, 2).to(self.dtype).mul_(self._scale).add_(self._shift)
-        return select_logits(self.module(inputs), self.output_key)
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, H, W, C] on this device -> the model's float input [N, C, H, W]."""
+        return pixels.permute(0, 3, 1, 2).to(self.dtype).mul_(self._scale).add_(self._shift)
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's input [N, C, H, W] on this device -> the logits tensor."""
+        return select_logits(self.module(inputs.to(self.dtype)), self.output_key)
 
 
-def _decoded(job: Job, model: DeviceModel) -> Job:
-    if isinstance(job.image, DecodedImage):
-        return job
-    return Job(prepare_image(job.image, model.input_spec), job.top_k)
+@dataclass(frozen=True, eq=False)
+class ModelVersion:
+    """One loaded checkpoint: a copy of the weights on every device of the model. It is the
+    batcher's tag, so a batch never mixes versions and each answer names the one it came from."""
+
+    version: str
+    checkpoint: Path
+    loaded_at: float
+    load_seconds: float
+    device_models: tuple[DeviceModel, ...]  # one per replica, in replica order
+    classes: int = 0  # the logits' class count, seen at warm-up
 
 
 def _use_threads(threads: int) -> None:
     if torch.get_num_threads() != threads:  # a change resizes the thread pool: only when needed
         torch.set_num_threads(threads)
+
+
+class ForwardRaised(Exception):
+    """A forward raised a ``BaseException`` that is not an ``Exception``."""
 
 
 class Replica:
@@ -97,7 +107,7 @@ class Replica:
         )
 
     async def serve(
-        self, batcher: DynamicBatcher[Job], postprocess: Postprocess, observe: BatchObserver
+        self, batcher: DynamicBatcher[Job, ModelVersion], task: Task, metrics: ModelMetrics
     ) -> None:
         """Pull and run batches until cancelled; every batch taken is settled or failed."""
         loop = asyncio.get_running_loop()
@@ -107,59 +117,59 @@ class Replica:
             started = time.monotonic()
             try:
                 outputs = await loop.run_in_executor(
-                    self._executor, self.run, batch.tag, batch.payloads, postprocess
+                    self._executor, self.run, batch.tag, batch.payloads, task
                 )
             except asyncio.CancelledError:
                 batch.fail(NotReady("the server is shutting down; retry on another instance"))
                 raise
             except Exception as exc:
+                metrics.failed_batch(exc.code if isinstance(exc, ServeError) else "exception")
                 self._fail(batch, exc)
                 continue
             finally:
                 self.busy = False
             batch.settle(outputs)
             self.batches_served += 1
-            observe(
+            metrics.observe_batch(
                 self.device_key, len(outputs), started - batch.oldest_enqueued_at, time.monotonic() - started
             )
 
-    def run(self, version: Any, jobs: Sequence[Job], postprocess: Postprocess) -> list[Any]:
-        """Blocking: decode what is not decoded yet, forward + postprocess, on this thread.
+    def run(self, version: ModelVersion, jobs: Sequence[Job], task: Task) -> list[Any]:
+        """Blocking: stage, forward and postprocess one batch on this thread.
 
-        An image that fails to decode fails alone: its output is the error.
+        A ``BaseException`` that is not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``,
+        ``GeneratorExit``, a ``CancelledError`` or a custom one from the model) is turned into
+        ``ForwardRaised`` here, on the thread: raised into the event loop it would end the
+        process or the replica's task instead of one batch.
         """
-        model: DeviceModel = version.device_models[self.slot]
-        outputs: list[Any] = [None] * len(jobs)
-        ready: list[tuple[int, Job]] = []
-        for index, job in enumerate(jobs):
-            try:
-                ready.append((index, _decoded(job, model)))
-            except ServeError as error:
-                outputs[index] = error
-        if ready:
-            results = self._forward([job for _, job in ready], model, postprocess)
-            for (index, _), result in zip(ready, results, strict=True):
-                outputs[index] = result
-        return outputs
+        try:
+            return self._run(version.device_models[self.slot], jobs, task)
+        except Exception:
+            raise
+        except BaseException as exc:  # the model's, not this thread's: nothing cancels it
+            raise ForwardRaised(f"{type(exc).__name__}: {exc}") from exc
 
-    def _forward(self, jobs: Sequence[Job], model: DeviceModel, postprocess: Postprocess) -> list[Any]:
+    def _run(self, model: DeviceModel, jobs: Sequence[Job], task: Task) -> list[Any]:
         with torch.inference_mode():
             if self._stream is not None:
                 with torch.cuda.stream(self._stream):
-                    outputs = self._run_splitting(model, jobs, postprocess)
+                    outputs = self._run_splitting(model, jobs, task)
                 self._stream.synchronize()
                 return outputs
             if isinstance(self._threads, CoreShare):
                 with self._threads.claim() as threads:
                     _use_threads(threads)
-                    return self._run_splitting(model, jobs, postprocess)
+                    return self._run_splitting(model, jobs, task)
             _use_threads(self._threads or 1)
-            return self._run_splitting(model, jobs, postprocess)
+            return self._run_splitting(model, jobs, task)
 
-    def _run_splitting(self, model: DeviceModel, jobs: Sequence[Job], postprocess: Postprocess) -> list[Any]:
+    def _run_splitting(self, model: DeviceModel, jobs: Sequence[Job], task: Task) -> list[Any]:
         """Runs the batch; on CUDA out-of-memory, halves it and runs the halves in turn."""
         try:
-            return postprocess(model(self._stage(jobs)), jobs)
+            logits = model(self._stage(jobs, model))
+            if not bool(torch.isfinite(logits).all()):
+                raise NonFiniteOutput("the model gave non-finite outputs (NaN or inf) for this batch")
+            return task.postprocess(logits, jobs)
         except torch.OutOfMemoryError:
             if len(jobs) == 1:
                 raise
@@ -167,32 +177,50 @@ class Replica:
             if self._stream is not None:
                 torch.cuda.empty_cache()
             half = len(jobs) // 2
-            first = self._run_splitting(model, jobs[:half], postprocess)
-            return first + self._run_splitting(model, jobs[half:], postprocess)
+            first = self._run_splitting(model, jobs[:half], task)
+            return first + self._run_splitting(model, jobs[half:], task)
 
-    def _stage(self, jobs: Sequence[Job]) -> torch.Tensor:
+    def _stage(self, jobs: Sequence[Job], model: DeviceModel) -> torch.Tensor:
+        """The batch's model input on the device: images normalised there, tensors as sent."""
+        images = [i for i, job in enumerate(jobs) if not job.normalised]
+        if len(images) == len(jobs):
+            return model.normalise(self._stage_pixels([job.pixels for job in jobs]))
+        tensors = [i for i, job in enumerate(jobs) if job.normalised]
+        given = torch.stack([jobs[i].pixels for i in tensors]).to(self.device, non_blocking=True)
+        if not images:
+            return given
+        inputs = torch.empty((len(jobs), *given.shape[1:]), dtype=model.dtype, device=self.device)
+        inputs[tensors] = given.to(model.dtype)
+        inputs[images] = model.normalise(self._stage_pixels([jobs[i].pixels for i in images]))
+        return inputs
+
+    def _stage_pixels(self, pixels: list[torch.Tensor]) -> torch.Tensor:
         """uint8 batch on the device; through pinned memory and a non-blocking copy on CUDA."""
-        pixels = []
-        for job in jobs:
-            assert isinstance(job.image, DecodedImage), "run() decodes every job first"
-            pixels.append(job.image.pixels)
         if self._pinned is None:
             return torch.stack(pixels)
         staged = torch.stack(pixels, out=self._pinned[: len(pixels)])
         # Safe to reuse the pinned buffer next batch: run() synchronises the stream first.
         return staged.to(self.device, non_blocking=True)
 
-    def submit(self, version: Any, jobs: Sequence[Job], postprocess: Postprocess) -> Future[list[Any]]:
+    def submit(self, version: ModelVersion, jobs: Sequence[Job], task: Task) -> Future[list[Any]]:
         """Queues one batch on this replica's thread, between the batches it serves."""
-        return self._executor.submit(self.run, version, jobs, postprocess)
+        return self._executor.submit(self.run, version, jobs, task)
 
-    def _fail(self, batch: Batch[Job], exc: Exception) -> None:
+    def _fail(self, batch: Batch[Job, ModelVersion], exc: BaseException) -> None:
         if isinstance(exc, ServeError):
             batch.fail(exc)
             return
-        log.exception("batch of %d failed on %s", len(batch.items), self.device)
-        batch.fail(InferenceFailed(f"the model failed on this batch: {type(exc).__name__}: {exc}"))
+        log.error("batch of %d failed on %s", len(batch.items), self.device, exc_info=exc)
+        batch.fail(InferenceFailed(f"the model failed on this batch: {type(exc).__name__}: {_short(exc)}"))
 
     def close(self) -> None:
         """Stops the thread after the batch it is running, if any."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _short(exc: BaseException) -> str:
+    """An exception's message for a client: no object reprs or addresses, bounded length."""
+    text = str(exc)
+    if "0x" in text or " object at " in text:
+        return "see the server log"
+    return text[:300]

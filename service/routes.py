@@ -6,19 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import time
-from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.routing import APIRoute
-from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from service import schemas
 from service.checkpoint_paths import resolve_checkpoint
-from service.decode import DecodedImage, is_tiny, open_image, prepare_images
 from service.errors import (
     ClientGone,
     InvalidParameter,
@@ -29,10 +24,10 @@ from service.errors import (
     Unauthorized,
 )
 from service.intake import image_blobs, parse_top_k, read_body
-from service.postprocess import Job
-from service.registry import ModelVersion, ServedModel
+from service.postprocess import Wants
 from service.render import classification_body, error_response, json_response, segmentation_body
 from service.runtime import Runtime
+from service.served import ServedModel, accounted
 
 router = APIRouter()
 
@@ -46,33 +41,18 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-class DirectRoute(APIRoute):
-    """Documented like any route, but the endpoint takes the Request and returns the Response
-    itself: no dependency solving or response validation on the hot path (about 0.1 ms a
-    request here, as much as the digits model's forward)."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        endpoint: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
-        return endpoint
-
-
 async def predict(request: Request) -> Response:
     """Images in (raw body or multipart ``file`` parts), predictions out, in order."""
     runtime = get_runtime(request)
-    started = time.monotonic()
     name = request.query_params.get("model") or runtime.config.default_model_name
     served = runtime.registry.models.get(name)
-    metrics = served.metrics if served is not None else runtime.unknown_model_metrics
-    metrics.in_flight.inc()
-    try:
-        response = await _predict(runtime, request, served or runtime.registry.get(name))
-    except ServeError as error:
-        if error.status != 500:
-            metrics.rejected(error.code)
-        response = error_response(error)
-    finally:
-        metrics.in_flight.dec()
-    metrics.answered(response.status_code, time.monotonic() - started)
+    with accounted(served.metrics if served is not None else runtime.unknown_model_metrics) as answer:
+        try:
+            response = await _predict(runtime, request, served or runtime.registry.get(name))
+        except ServeError as error:
+            answer.failed(error)
+            response = error_response(error)
+        answer.status = response.status_code
     return response
 
 
@@ -80,7 +60,6 @@ router.add_api_route(
     "/predict",
     predict,
     methods=["POST"],
-    route_class_override=DirectRoute,
     response_class=Response,
     summary="Predict on one or more images",
     responses=schemas.PREDICT_RESPONSES,
@@ -89,59 +68,40 @@ router.add_api_route(
 
 
 async def _predict(runtime: Runtime, request: Request, served: ServedModel) -> Response:
-    version = served.active
-    if version is None or runtime.draining:
-        raise NotReady(f"model {served.name!r} is not ready yet; retry shortly", headers={"Retry-After": "1"})
-    top_k = parse_top_k(request.query_params.get("top_k"))
+    if runtime.draining:
+        raise NotReady(
+            "the server is draining before shutdown; retry on another instance", headers={"Retry-After": "1"}
+        )
+    version = served.pin()
+    wants = Wants(top_k=parse_top_k(request.query_params.get("top_k")))
     server = runtime.config.server
     uploading = True
     try:  # one deadline (one timer) for the upload and the prediction
         async with asyncio.timeout(server.request_timeout_s):
             body = await read_body(request, server.max_body_bytes)
             uploading = False
-            return await _answer(runtime, request, served, version, body, top_k)
+            blobs = await image_blobs(request, body, max_images=server.max_images_per_request)
+            jobs = await served.prepare(blobs, wants)
+            outputs = await _await_outputs(served.submit(jobs, version), request)
     except TimeoutError:
         if uploading:
             raise SlowUpload(f"the body did not arrive within {server.request_timeout_s:g} s") from None
         raise PredictionTimeout(
             f"no prediction within {server.request_timeout_s:g} s; the server is overloaded, retry later"
         ) from None
+    return _render(served, version.version, outputs, request)
 
 
-async def _answer(
-    runtime: Runtime, request: Request, served: ServedModel, version: ModelVersion, body: bytes, top_k: int
-) -> Response:
-    """Decode, queue, wait, render; cancelling this (deadline) also drops the queued images."""
-    server = runtime.config.server
-    blobs = await image_blobs(request, body, max_images=server.max_images_per_request)
-    loop = asyncio.get_running_loop()
-    decode_started = time.monotonic()
-    opened = [open_image(blob, max_pixels=server.max_image_pixels) for blob in blobs]
-    images: Sequence[DecodedImage | Image.Image]
-    if is_tiny(opened):  # cheaper than any thread hop
-        images = prepare_images(opened, served.spec.input)
-    elif served.decodes_on_replicas:
-        images = opened
-    else:
-        images = await loop.run_in_executor(runtime.workers, prepare_images, opened, served.spec.input)
-    served.metrics.decode_duration.observe(time.monotonic() - decode_started)
-    served.metrics.images_per_request.observe(len(images))
-    future = served.batcher.submit([Job(image, top_k) for image in images], tag=version)
-    runtime.pending.add(future)
-    try:
-        outputs = await _await_outputs(future, request)
-    finally:
-        runtime.pending.discard(future)
+def _render(served: ServedModel, version: str, outputs: list[Any], request: Request) -> Response:
     if served.spec.task == "classification":
-        predictions = classification_body(outputs, served.spec.labels)
-        return _prediction_response(served, version.version, predictions)
+        return _prediction_response(served, version, classification_body(outputs, served.spec.labels))
     if len(outputs) == 1 and "image/png" in request.headers.get("accept", ""):
         return Response(
             outputs[0].png,
             media_type="image/png",
-            headers={"X-Model": served.name, "X-Model-Version": version.version},
+            headers={"X-Model": served.name, "X-Model-Version": version},
         )
-    return _prediction_response(served, version.version, segmentation_body(outputs))
+    return _prediction_response(served, version, segmentation_body(outputs))
 
 
 def _prediction_response(served: ServedModel, version: str, predictions: list[Any]) -> Response:
@@ -162,13 +122,8 @@ async def _await_outputs(future: asyncio.Future[list[Any]], request: Request) ->
 
 async def _watch_disconnect(request: Request, future: asyncio.Future[list[Any]]) -> None:
     message = await request.receive()
-    if message["type"] == "http.disconnect":
-        _settle(future, ClientGone("the client disconnected"))
-
-
-def _settle(future: asyncio.Future[list[Any]], error: ServeError) -> None:
-    if not future.done():
-        future.set_exception(error)
+    if message["type"] == "http.disconnect" and not future.done():
+        future.set_exception(ClientGone("the client disconnected"))
 
 
 @router.get("/models", summary="Loaded models", response_model=schemas.ModelList)
@@ -210,8 +165,8 @@ async def reload_model(name: str, request: Request, runtime: RuntimeDep) -> dict
         if reload_request.checkpoint
         else served.spec.checkpoint
     )
-    previous, version = await runtime.registry.reload(name, path)
-    return {"model": name, "previous_version": previous, "version": version}
+    previous, version, changed = await runtime.registry.reload(name, path)
+    return {"model": name, "previous_version": previous, "version": version, "changed": changed}
 
 
 async def _reload_request(request: Request) -> schemas.ReloadRequest:
@@ -233,7 +188,7 @@ async def _reload_request(request: Request) -> schemas.ReloadRequest:
 )
 async def rollback_model(name: str, runtime: RuntimeDep) -> dict[str, Any]:
     previous, version = await runtime.registry.rollback(name)
-    return {"model": name, "previous_version": previous, "version": version}
+    return {"model": name, "previous_version": previous, "version": version, "changed": True}
 
 
 @router.get(

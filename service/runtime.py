@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from service.config import ServeConfig
 from service.errors import NotReady
@@ -25,7 +24,7 @@ class Runtime:
     draining: bool = False
     startup_error: BaseException | None = None
     loop: asyncio.AbstractEventLoop | None = None
-    pending: set[asyncio.Future[list[Any]]] = field(default_factory=set)
+    grpc_port: int | None = None  # the bound gRPC port, once listening
     unknown_model_metrics: ModelMetrics = field(init=False)
 
     def __post_init__(self) -> None:
@@ -44,6 +43,4 @@ class Runtime:
         error = NotReady(
             "the server shut down before this prediction was ready; retry", headers={"Retry-After": "1"}
         )
-        for future in list(self.pending):
-            if not future.done():
-                future.set_exception(error)
+        self.registry.fail_queued(error)

@@ -82,6 +82,7 @@ class ReloadAnswer(BaseModel):
     model: str
     previous_version: str | None
     version: str
+    changed: bool = Field(description="false when the file's content is the version already serving")
 
 
 def _error(description: str) -> dict[str, Any]:

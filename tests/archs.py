@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import torch
@@ -49,6 +50,43 @@ class FailingOnBright(_Pooled):
         return self.head(features)
 
 
+class Doomed(BaseException):
+    """Not an ``Exception``: what a careless model (or a library it calls) might raise."""
+
+
+_BASE_EXCEPTIONS: dict[str, type[BaseException]] = {
+    "SystemExit": SystemExit,
+    "KeyboardInterrupt": KeyboardInterrupt,
+    "GeneratorExit": GeneratorExit,
+    "CancelledError": asyncio.CancelledError,
+    "Doomed": Doomed,
+}
+
+
+class RaisingOnBright(_Pooled):
+    """Raises a ``BaseException`` of the configured kind on batches holding a white image."""
+
+    def __init__(self, kind: str, in_channels: int, num_classes: int) -> None:
+        super().__init__(in_channels, num_classes)
+        self.kind = _BASE_EXCEPTIONS[kind]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.features(x)
+        if bool((features.mean(dim=1) > 0.99).any()):
+            raise self.kind("simulated")
+        return self.head(features)
+
+
+class NonFiniteOnBright(_Pooled):
+    """Returns NaN logits for batches holding a white image (finite otherwise, so it warms up)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.features(x))
+        if bool((self.features(x).mean(dim=1) > 0.99).any()):
+            return logits * float("nan")
+        return logits
+
+
 def slow_classifier(*, delay_s: float = 0.2, in_channels: int = 1, num_classes: int = 3) -> nn.Module:
     return SlowClassifier(delay_s, in_channels, num_classes)
 
@@ -59,3 +97,11 @@ def tuple_classifier(*, in_channels: int = 3, num_classes: int = 4) -> nn.Module
 
 def failing_on_bright(*, in_channels: int = 1, num_classes: int = 3) -> nn.Module:
     return FailingOnBright(in_channels, num_classes)
+
+
+def raising_on_bright(*, kind: str, in_channels: int = 1, num_classes: int = 3) -> nn.Module:
+    return RaisingOnBright(kind, in_channels, num_classes)
+
+
+def non_finite_on_bright(*, in_channels: int = 1, num_classes: int = 3) -> nn.Module:
+    return NonFiniteOnBright(in_channels, num_classes)

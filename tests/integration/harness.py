@@ -37,7 +37,9 @@ def save_random_weights(
 def write_config(folder: Path, models: Mapping[str, Mapping[str, Any]], **top: Any) -> Path:
     """A YAML config in ``folder`` (checkpoint paths relative to it), admin token set."""
     raw = {"checkpoint_root": ".", **top, "models": dict(models)}
-    raw.setdefault("server", {})["admin_token"] = ADMIN["Authorization"].split()[1]
+    server = raw.setdefault("server", {})
+    server["admin_token"] = ADMIN["Authorization"].split()[1]
+    server.setdefault("grpc_port", None)  # in-process apps: no gRPC port (real servers get a free one)
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

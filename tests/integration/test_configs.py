@@ -180,8 +180,8 @@ def test_reference_helpers_agree_with_a_plain_forward() -> None:
     assert probs.sum().item() == pytest.approx(1.0)
 
 
-async def test_an_image_failing_on_the_replica_fails_only_its_request(tmp_path: Path) -> None:
-    """CPU replicas decode large images in the batch: a truncated one fails alone (400)."""
+async def test_an_image_failing_to_decode_fails_only_its_request(tmp_path: Path) -> None:
+    """Large images decode in the worker pool beside other requests: a truncated one fails alone (400)."""
     args = {"in_channels": 1, "num_classes": 3}
     save_random_weights("tests.archs:tuple_classifier", args, tmp_path / "t.pt")
     entry = model_entry(
@@ -189,8 +189,7 @@ async def test_an_image_failing_on_the_replica_fails_only_its_request(tmp_path: 
     )
     large = png(None, size=(400, 300), seed=9)
     truncated = large[: len(large) // 2]  # the header is intact: it passes the pixel check
-    async with serving(write_config(tmp_path, {"m": entry})) as (client, runtime):
-        assert runtime.registry.get("m").decodes_on_replicas
+    async with serving(write_config(tmp_path, {"m": entry})) as (client, _):
         answers = await asyncio.gather(
             *(client.post("/predict", content=large, headers=PNG) for _ in range(3)),
             client.post("/predict", content=truncated, headers=PNG),

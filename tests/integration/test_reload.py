@@ -279,6 +279,7 @@ def test_absolute_path_inside_root_and_default_reload(server: ServerProcess, ckp
         "model": "m",
         "previous_version": ckpts.versions["b.pt"],
         "version": ckpts.versions["a.pt"],
+        "changed": True,
     }
     _assert_still_serving(server.url, ckpts, ckpts.versions["a.pt"])
 
@@ -355,13 +356,13 @@ async def test_concurrent_reloads_are_serialised(tmp_path: Path, monkeypatch: py
         original = registry._load_and_warm
         active, peak = 0, 0
 
-        async def tracked(served: Any, checkpoint: Path) -> Any:
+        async def tracked(served: Any, checkpoint: Path, **options: Any) -> Any:
             nonlocal active, peak
             active += 1
             peak = max(peak, active)
             try:
                 await asyncio.sleep(0.05)  # widen the window a missing lock would show in
-                return await original(served, checkpoint)
+                return await original(served, checkpoint, **options)
             finally:
                 active -= 1
 
@@ -418,7 +419,7 @@ async def test_rollback_restores_the_previous_version_from_memory(
         (ckpts.root / "a.pt").unlink()  # rollback needs no file: the previous version is in memory
         back = await client.post("/models/m/rollback", headers=ADMIN)
         assert back.status_code == 200, back.text
-        assert back.json() == {"model": "m", "previous_version": b, "version": a}
+        assert back.json() == {"model": "m", "previous_version": b, "version": a, "changed": True}
         for image in range(len(IMAGES)):
             body = await _predict(client, image)
             assert body["version"] == a
@@ -426,7 +427,7 @@ async def test_rollback_restores_the_previous_version_from_memory(
         described = (await client.get("/models/m")).json()
         assert (described["version"], described["previous_version"]) == (a, b)
         again = await client.post("/models/m/rollback", headers=ADMIN)  # toggles back to B
-        assert again.json() == {"model": "m", "previous_version": a, "version": b}
+        assert again.json() == {"model": "m", "previous_version": a, "version": b, "changed": True}
         rollbacks = runtime.metrics.registry.get_sample_value(
             "model_serve_reloads_total", {"model": "m", "outcome": "rollback"}
         )
@@ -543,3 +544,28 @@ async def test_two_replicas_swap_together_under_load(tmp_path: Path) -> None:
         assert matches(answer.json()["predictions"][0], ckpts.refs[version][i % len(IMAGES)]), (i, version)
     assert len(seen) == 2
     assert all(r["batches"] > 0 for r in replicas), replicas
+
+
+@pytest.mark.anyio
+async def test_reloading_the_serving_content_is_a_no_op_that_keeps_the_rollback_target(
+    tmp_path: Path,
+) -> None:
+    config, ckpts = _in_process_config(tmp_path)
+    a, b = ckpts.versions["a.pt"], ckpts.versions["b.pt"]
+    (ckpts.root / "b-copy.pt").write_bytes((ckpts.root / "b.pt").read_bytes())  # same content, new name
+    async with serving(config) as (client, runtime):
+        assert (await client.post("/models/m/reload", json={"checkpoint": "b.pt"}, headers=ADMIN)).json()[
+            "changed"
+        ]
+        for name in ("b.pt", "b-copy.pt"):
+            same = await client.post("/models/m/reload", json={"checkpoint": name}, headers=ADMIN)
+            assert same.status_code == 200, same.text
+            assert same.json() == {"model": "m", "previous_version": b, "version": b, "changed": False}
+        described = (await client.get("/models/m")).json()
+        assert (described["version"], described["previous_version"]) == (b, a)
+        back = await client.post("/models/m/rollback", headers=ADMIN)
+        assert back.json()["version"] == a  # the real rollback target survived
+        unchanged = runtime.metrics.registry.get_sample_value(
+            "model_serve_reloads_total", {"model": "m", "outcome": "unchanged"}
+        )
+    assert unchanged == 2

@@ -13,16 +13,16 @@ from service.checkpoint_paths import resolve_checkpoint
 from service.config import build_config, load_config
 from service.decode import DecodedImage
 from service.errors import ConfigError, Forbidden, NotFound
-from service.postprocess import Job, classify, mask_png, segment, select_logits
+from service.postprocess import ClassificationTask, Job, SegmentationTask, Wants, mask_png, select_logits
 
 
 def _job(width: int = 4, height: int = 3, top_k: int = 5) -> Job:
-    return Job(DecodedImage(torch.zeros(2, 2, 1, dtype=torch.uint8), width, height), top_k)
+    return Job.of_image(DecodedImage(torch.zeros(2, 2, 1, dtype=torch.uint8), width, height), Wants(top_k))
 
 
 def test_classify_returns_softmax_top_k_per_image_best_first() -> None:
     logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 0.0]])
-    first, second = classify(logits, [_job(top_k=2), _job(top_k=5)])
+    first, second = ClassificationTask().postprocess(logits, [_job(top_k=2), _job(top_k=5)])
     assert first.indices == [1, 2]
     assert first.scores == pytest.approx(torch.softmax(logits[0], 0)[[1, 2]].tolist())
     assert second.indices[0] == 0 and len(second.indices) == 3  # capped at the class count
@@ -32,7 +32,7 @@ def test_segment_upsamples_to_each_images_own_size_and_counts_pixels() -> None:
     logits = torch.zeros(2, 3, 4, 4)
     logits[0, 2] = 1.0  # image 0: all class 2
     logits[1, 1, :, :2] = 1.0  # image 1: left half class 1, right half class 0
-    first, second = segment(logits, [_job(7, 5), _job(8, 6)])
+    first, second = SegmentationTask().postprocess(logits, [_job(7, 5), _job(8, 6)])
     assert first.mask.shape == (5, 7) and set(np.unique(first.mask)) == {2}
     assert first.class_pixel_counts == {"0": 0, "1": 0, "2": 35}
     assert second.mask.shape == (6, 8)

@@ -1,26 +1,28 @@
-"""Replica on the CPU with stand-in models: out-of-memory splitting, per-image decode failures."""
+"""Replica on the CPU with stand-in models: out-of-memory splitting, mixed batches, NaN outputs."""
 
 from __future__ import annotations
 
 import io
-from types import SimpleNamespace
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from service.config import InputSpec, ModelSpec
-from service.decode import decode_image, open_image
+from service.decode import decode_image
 from service.devices import CoreShare
-from service.errors import BadImage
-from service.postprocess import Job, classify
-from service.replica import DeviceModel, Replica
+from service.errors import NonFiniteOutput
+from service.postprocess import ClassificationTask, Job, Wants
+from service.replica import DeviceModel, ModelVersion, Replica
 
 SPEC = ModelSpec(
     architecture="tests.archs:slow_classifier",
     checkpoint="unused.pt",
     input=InputSpec(size=(8, 8), channels=1, mean=(0.5,), std=(0.5,)),
 )
+TASK = ClassificationTask()
 
 
 class _MemoryBound(torch.nn.Module):
@@ -45,38 +47,63 @@ def _png(value: int, size: tuple[int, int] = (8, 8)) -> bytes:
     return buffer.getvalue()
 
 
-def _replica_and_version(module: torch.nn.Module) -> tuple[Replica, SimpleNamespace]:
+def _replica_and_version(module: torch.nn.Module) -> tuple[Replica, ModelVersion]:
     replica = Replica(0, "m", torch.device("cpu"), input_shape=(8, 8, 1), max_batch_size=8, threads=1)
-    version = SimpleNamespace(device_models=(DeviceModel(module.eval(), SPEC, torch.device("cpu")),))
-    return replica, version
+    model = DeviceModel(module.eval(), SPEC, torch.device("cpu"))
+    return replica, ModelVersion("v", Path("unused.pt"), 0.0, 0.0, (model,))
+
+
+def _jobs(count: int, top_k: int = 3) -> list[Job]:
+    return [
+        Job.of_image(decode_image(_png(10 * i), SPEC.input, max_pixels=10_000), Wants(top_k))
+        for i in range(count)
+    ]
 
 
 def test_out_of_memory_splits_the_batch_until_it_fits() -> None:
     module = _MemoryBound(limit=2)
     replica, version = _replica_and_version(module)
-    jobs = [Job(decode_image(_png(10 * i), SPEC.input, max_pixels=10_000), 3) for i in range(7)]
+    jobs = _jobs(7)
     try:
-        outputs = replica.run(version, jobs, classify)
+        outputs = replica.run(version, jobs, TASK)
     finally:
         replica.close()
     assert len(outputs) == 7 and all(len(o.indices) == 3 for o in outputs)
     assert max(size for size in module.seen if size <= 2) == 2 and 7 in module.seen
+    model = version.device_models[0]
     with torch.inference_mode():  # each answer is its own image's, in order
-        direct = [classify(version.device_models[0](job.image.pixels[None]), [job])[0] for job in jobs]
+        direct = [TASK.postprocess(model(model.normalise(job.pixels[None])), [job])[0] for job in jobs]
     assert [o.indices for o in outputs] == [d.indices for d in direct]
 
 
-def test_an_image_that_fails_to_decode_on_the_replica_fails_alone() -> None:
+def test_a_batch_mixing_images_and_normalised_tensors_answers_each_as_alone() -> None:
+    """Every door shares one batch: a v2 FP32 tensor beside /predict images, in order."""
     replica, version = _replica_and_version(_MemoryBound(limit=64))
-    good = _png(200, size=(300, 200))
-    broken = good[: len(good) // 2]
-    jobs = [Job(open_image(blob, max_pixels=10**6), 2) for blob in (good, broken, good)]
+    model = version.device_models[0]
+    images = _jobs(3, top_k=3)
+    tensor = model.normalise(images[1].pixels[None])[0] * 0.5  # any other normalised input
+    mixed = [images[0], Job(tensor, (8, 8), Wants(3)), images[2]]
     try:
-        outputs = replica.run(version, jobs, classify)
+        together = replica.run(version, mixed, TASK)
+        alone = [replica.run(version, [job], TASK)[0] for job in mixed]
     finally:
         replica.close()
-    assert isinstance(outputs[1], BadImage)
-    assert outputs[0].indices == outputs[2].indices
+    for mixed_answer, alone_answer in zip(together, alone, strict=True):
+        assert mixed_answer.scores == pytest.approx(alone_answer.scores, abs=1e-6)
+    assert together[0].indices == alone[0].indices and together[1].scores != together[0].scores
+
+
+def test_non_finite_logits_fail_the_batch_with_a_clear_error() -> None:
+    class _NaN(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full((x.shape[0], 3), float("nan"))
+
+    replica, version = _replica_and_version(_NaN())
+    try:
+        with pytest.raises(NonFiniteOutput, match="non-finite"):
+            replica.run(version, _jobs(2), TASK)
+    finally:
+        replica.close()
 
 
 def test_core_share_gives_all_cores_alone_and_splits_them_together() -> None:

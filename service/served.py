@@ -1,0 +1,150 @@
+"""One served model's request path, shared by every door (``/predict``, v2 REST, v2 gRPC).
+
+The stages are fixed when the model loads: ``prepare`` decodes a request's images where that
+is cheapest (inline when tiny, else in the worker pool) into typed jobs, ``infer`` queues them
+on the model's one batcher pinned to a version, and the model's ``Task`` postprocesses each
+batch on its replica. A door only parses its protocol and renders the results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from service.batching import DynamicBatcher
+from service.config import ModelSpec, ServerSpec
+from service.decode import is_tiny, open_image, prepare_image
+from service.errors import NotFound, NotReady, ServeError
+from service.metrics import ModelMetrics
+from service.postprocess import Job, Task, Wants
+from service.replica import ModelVersion, Replica
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """Everything that serves one configured model; the request path only reads it."""
+
+    name: str
+    spec: ModelSpec
+    task: Task
+    batcher: DynamicBatcher[Job, ModelVersion]
+    replicas: list[Replica]
+    metrics: ModelMetrics
+    limits: ServerSpec
+    workers: Executor
+    active: ModelVersion | None = None
+    previous: ModelVersion | None = None
+    replicas_down: set[int] = field(default_factory=set)
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def ready(self) -> bool:
+        """Loaded, warm, and every replica's loop running."""
+        return self.active is not None and not self.replicas_down
+
+    @property
+    def devices(self) -> list[str]:
+        return [replica.device_key for replica in self.replicas]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The model's input tensor per image: (C, H, W)."""
+        height, width = self.spec.input.size
+        return self.spec.input.channels, height, width
+
+    def pin(self, version: str | None = None) -> ModelVersion:
+        """The version a request will be answered by: the active one, which ``version`` (when
+        given) must name; 503 while none is ready, 404 for any other version."""
+        active = self.active
+        if active is None or not self.ready:
+            raise NotReady(
+                f"model {self.name!r} is not ready yet; retry shortly", headers={"Retry-After": "1"}
+            )
+        if version is not None and version != active.version:
+            raise NotFound(f"model {self.name!r} has no version {version!r}; it serves {active.version}")
+        return active
+
+    async def prepare(self, blobs: Sequence[bytes], wants: Wants) -> list[Job]:
+        """Encoded images -> jobs at the model's input size (the header is checked first)."""
+        started = time.monotonic()
+        opened = [open_image(blob, max_pixels=self.limits.max_image_pixels) for blob in blobs]
+        if is_tiny(opened):  # cheaper than any thread hop
+            jobs = self._decode(opened, wants)
+        else:
+            jobs = await asyncio.get_running_loop().run_in_executor(self.workers, self._decode, opened, wants)
+        self.metrics.decode_duration.observe(time.monotonic() - started)
+        self.metrics.images_per_request.observe(len(jobs))
+        return jobs
+
+    def _decode(self, images: list[Image.Image], wants: Wants) -> list[Job]:
+        jobs = [Job.of_image(prepare_image(image, self.spec.input), wants) for image in images]
+        if wants.mask_at_input_size:
+            return [Job(job.pixels, self.spec.input.size, wants) for job in jobs]
+        return jobs
+
+    def submit(self, jobs: Sequence[Job], version: ModelVersion) -> asyncio.Future[list[Any]]:
+        """Queues the jobs on the model's one batcher; the future resolves to the task's result
+        per job, in order. A future that is done early (cancelled, failed) drops its queued jobs."""
+        return self.batcher.submit(jobs, tag=version)
+
+    def describe(self) -> dict[str, Any]:
+        """The public description served by ``GET /models``."""
+        active = self.active
+        return {
+            "name": self.name,
+            "task": self.spec.task,
+            "version": active.version if active else None,
+            "previous_version": self.previous.version if self.previous else None,
+            "architecture": self.spec.architecture,
+            "checkpoint": active.checkpoint.name if active else self.spec.checkpoint.name,
+            "devices": self.devices,
+            "replicas": [
+                {"device": replica.device_key, "batches": replica.batches_served, "busy": replica.busy}
+                for replica in self.replicas
+            ],
+            "batching": self.spec.batching.model_dump(),
+            "input": self.spec.input.model_dump(),
+            "labels": list(self.spec.labels) if self.spec.labels else None,
+            "loaded_at": _iso(active.loaded_at) if active else None,
+            "ready": self.ready,
+        }
+
+
+@contextmanager
+def accounted(metrics: ModelMetrics) -> Iterator[Answered]:
+    """One request's metrics, the same for every door: in flight while it runs, then its
+    answer's status (``Answered.status``, set by the door) and duration; refusals by reason."""
+    answered = Answered()
+    started = time.monotonic()
+    metrics.in_flight.inc()
+    try:
+        yield answered
+    finally:
+        metrics.in_flight.dec()
+        error = answered.error
+        if error is not None and error.status != 500:
+            metrics.rejected(error.code)
+        metrics.answered(answered.status, time.monotonic() - started)
+
+
+@dataclass
+class Answered:
+    """What a door answered: its HTTP status (gRPC doors give the equivalent one)."""
+
+    status: int = 500
+    error: ServeError | None = None
+
+    def failed(self, error: ServeError) -> None:
+        self.status = error.status
+        self.error = error
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))

@@ -1,0 +1,196 @@
+"""Open Inference Protocol (v2) over gRPC: ``inference.GRPCInferenceService`` with ``grpc.aio``
+in the server's own process and event loop, on the same pipeline as ``/predict``.
+
+The protocol messages are tritonclient's compiled ``service_pb2`` (Triton's superset of the
+KServe v2 proto; the RPCs it adds answer UNIMPLEMENTED). Inputs come as ``raw_input_contents``
+or typed ``contents``; outputs always go as ``raw_output_contents``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from service.errors import BadRequest, ConfigError, NotFound, NotReady, PredictionTimeout, ServeError
+from service.runtime import Runtime
+from service.served import ServedModel, accounted
+from service.v2_infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
+from service.v2_tensors import InputTensor, from_contents, from_raw, parse_shape, to_raw
+
+log = logging.getLogger(__name__)
+
+_STATUS_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    499: grpc.StatusCode.CANCELLED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+# Where typed contents live for each datatype (the proto's InferTensorContents fields).
+_CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """The v2 RPCs; every answer is looked up on the runtime, nothing is cached here."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=self.runtime.startup_error is None)
+
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self.runtime.registry.ready and not self.runtime.draining)
+
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            served = self._model(request.name)
+            active = served.active
+            if request.version and active is not None and request.version != active.version:
+                raise NotFound(f"model {request.name!r} has no version {request.version!r}")
+        except ServeError as error:
+            await _abort(context, error)
+        return pb.ModelReadyResponse(ready=served.ready)
+
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerMetadataResponse(**server_metadata())
+
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            served = self._model(request.name)
+            described = model_metadata(served, served.pin(request.version or None))
+        except ServeError as error:
+            await _abort(context, error)
+        return pb.ModelMetadataResponse(
+            name=described["name"],
+            versions=described["versions"],
+            platform=described["platform"],
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(**tensor) for tensor in described["inputs"]],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(**tensor) for tensor in described["outputs"]],
+        )
+
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        runtime = self.runtime
+        served = runtime.registry.models.get(request.model_name)
+        with accounted(served.metrics if served is not None else runtime.unknown_model_metrics) as answer:
+            try:
+                response = await self._infer(request, self._model(request.model_name))
+            except ServeError as error:
+                answer.failed(error)
+                await _abort(context, error)
+            except asyncio.CancelledError:  # the client cancelled or its deadline passed
+                answer.status = 499
+                raise
+            answer.status = 200
+        return response
+
+    async def _infer(self, request: Any, served: ServedModel) -> Any:
+        if self.runtime.draining:
+            raise NotReady("the server is draining; retry on another instance")
+        version = served.pin(request.model_version or None)
+        limits = self.runtime.config.server
+        parsed = InferRequest(request.id or None, _inputs(request), _outputs(request.outputs))
+        try:
+            async with asyncio.timeout(limits.request_timeout_s):
+                outputs = await infer(served, version, parsed, limits)
+        except TimeoutError:
+            raise PredictionTimeout(f"no answer within {limits.request_timeout_s:g} s; retry later") from None
+        return pb.ModelInferResponse(
+            model_name=served.name,
+            model_version=version.version,
+            id=request.id,
+            outputs=[
+                pb.ModelInferResponse.InferOutputTensor(name=t.name, datatype=t.datatype, shape=t.shape)
+                for t in outputs
+            ],
+            raw_output_contents=[to_raw(tensor) for tensor in outputs],
+        )
+
+    def _model(self, name: str) -> ServedModel:
+        served = self.runtime.registry.models.get(name)
+        if served is None:
+            raise NotFound(f"no model named {name!r}; loaded models: {sorted(self.runtime.registry.models)}")
+        return served
+
+
+def _inputs(request: Any) -> list[InputTensor]:
+    raw: Sequence[bytes] = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise BadRequest(
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs: send one per input"
+        )
+    tensors = []
+    for index, given in enumerate(request.inputs):
+        shape = parse_shape(given.name, list(given.shape))
+        if raw:
+            tensors.append(from_raw(given.name, given.datatype, shape, raw[index]))
+            continue
+        field = _CONTENTS.get(given.datatype)
+        if field is None:
+            raise BadRequest(f"input {given.name!r}: unknown datatype {given.datatype!r}")
+        tensors.append(from_contents(given.name, given.datatype, shape, getattr(given.contents, field)))
+    return tensors
+
+
+def _outputs(requested: Sequence[Any]) -> list[RequestedOutput] | None:
+    outputs = []
+    for output in requested:
+        parameter = output.parameters.get("classification")
+        count = parameter.int64_param if parameter is not None else None
+        outputs.append(RequestedOutput(output.name, count or None, binary=True))
+    return outputs or None
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: ServeError) -> NoReturn:
+    await context.abort(_STATUS_CODES.get(error.status, grpc.StatusCode.INTERNAL), error.message)
+    raise AssertionError("abort() raises")  # pragma: no cover
+
+
+async def start_grpc(runtime: Runtime, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """A started server and its bound port; a port that cannot be bound is a clear error."""
+    limit = runtime.config.server.max_body_bytes
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 4 * limit)]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(runtime), server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from None
+    if bound == 0:
+        raise ConfigError(f"cannot listen for gRPC on {address}: the port is taken or not allowed")
+    await server.start()
+    log.info("gRPC (Open Inference Protocol v2) on %s:%d", host, bound)
+    return server, bound
+
+
+async def stop_grpc(server: grpc.aio.Server, grace_s: float) -> None:
+    """Refuses new calls and answers the ones in flight (up to ``grace_s``)."""
+    started = time.monotonic()
+    await server.stop(grace_s)
+    log.info("gRPC stopped after %.1f s", time.monotonic() - started)

@@ -1,0 +1,181 @@
+"""The Open Inference Protocol's meaning, shared by its REST and gRPC doors.
+
+A door turns its wire format into an ``InferRequest`` (checked ``InputTensor``s and the
+outputs asked for); ``infer`` turns that into jobs on the served model's one pipeline (the same
+decoding, batcher, limits, version pinning and metrics as ``/predict``) and the task's results
+into ``OutputTensor``s. Metadata answers are plain dicts both doors render.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from service import __version__
+from service.config import ServerSpec
+from service.errors import BadRequest, TooLarge
+from service.postprocess import Classification, Job, Segmentation, Wants
+from service.replica import ModelVersion
+from service.served import ServedModel
+from service.v2_tensors import InputTensor, OutputTensor
+
+EXTENSIONS = ("binary_tensor_data", "classification")
+IMAGE, TENSOR = "image", "input"
+_OUTPUTS = {"classification": ("probabilities", "class_index"), "segmentation": ("mask",)}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    """An output the client asked for; ``classification`` is Triton's top-k extension."""
+
+    name: str
+    classification: int | None = None
+    binary: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    """A v2 inference request, independent of the door it came through."""
+
+    id: str | None
+    inputs: Sequence[InputTensor]
+    outputs: Sequence[RequestedOutput] | None  # None: every output
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": "model-serve", "version": __version__, "extensions": list(EXTENSIONS)}
+
+
+def model_metadata(served: ServedModel, version: ModelVersion) -> dict[str, Any]:
+    """Inputs and outputs with ``-1`` for the batch dimension."""
+    channels, height, width = served.input_shape
+    classes = version.classes
+    outputs = (
+        [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
+            {"name": "class_index", "datatype": "INT64", "shape": [-1]},
+        ]
+        if served.spec.task == "classification"
+        else [{"name": "mask", "datatype": _mask_type(classes), "shape": [-1, height, width]}]
+    )
+    return {
+        "name": served.name,
+        "versions": [version.version],
+        "platform": "pytorch",
+        "inputs": [
+            {"name": IMAGE, "datatype": "BYTES", "shape": [-1]},
+            {"name": TENSOR, "datatype": "FP32", "shape": [-1, channels, height, width]},
+        ],
+        "outputs": outputs,
+    }
+
+
+async def infer(
+    served: ServedModel, version: ModelVersion, request: InferRequest, limits: ServerSpec
+) -> list[OutputTensor]:
+    """The request's outputs, in the order asked (else every output of the model's task)."""
+    wanted = _check_outputs(served, request.outputs)
+    tensor = _the_input(request.inputs)
+    wants = Wants(
+        top_k=max((output.classification or 1 for output in wanted), default=1),
+        probabilities=any(output.name == "probabilities" and not output.classification for output in wanted),
+        mask_png=False,
+        mask_at_input_size=True,
+    )
+    jobs = await _jobs(served, tensor, wants, limits)
+    results = await served.submit(jobs, version)
+    return [_output(served, output, results) for output in wanted]
+
+
+def _the_input(inputs: Sequence[InputTensor]) -> InputTensor:
+    if len(inputs) != 1:
+        raise BadRequest(f"send exactly one input, {IMAGE!r} (BYTES) or {TENSOR!r} (FP32); got {len(inputs)}")
+    tensor = inputs[0]
+    expected = {IMAGE: "BYTES", TENSOR: "FP32"}.get(tensor.name)
+    if expected is None:
+        raise BadRequest(f"unknown input {tensor.name!r}: send {IMAGE!r} (BYTES) or {TENSOR!r} (FP32)")
+    if tensor.datatype != expected:
+        raise BadRequest(f"input {tensor.name!r} must be {expected}, got {tensor.datatype}")
+    return tensor
+
+
+async def _jobs(served: ServedModel, tensor: InputTensor, wants: Wants, limits: ServerSpec) -> list[Job]:
+    count = tensor.shape[0] if tensor.shape else 0
+    if count < 1:
+        raise BadRequest(f"input {tensor.name!r} holds no element: shape {list(tensor.shape)}")
+    if count > limits.max_images_per_request:
+        raise TooLarge(f"{count} images in one request; at most {limits.max_images_per_request} are accepted")
+    if tensor.name == IMAGE:
+        if len(tensor.shape) != 1:
+            raise BadRequest(f"input 'image' must have shape [N] (one file each), got {list(tensor.shape)}")
+        assert isinstance(tensor.values, list)
+        return await served.prepare(tensor.values, wants)
+    if tensor.shape[1:] != served.input_shape:
+        raise BadRequest(
+            f"input 'input' must have shape [N, {', '.join(map(str, served.input_shape))}] for this model, "
+            f"got {list(tensor.shape)}"
+        )
+    assert isinstance(tensor.values, np.ndarray)
+    values = np.array(tensor.values, dtype=np.float32)  # owned and writable, whatever it came from
+    if not np.isfinite(values).all():
+        raise BadRequest("input 'input' holds NaN or infinite values")
+    size = served.spec.input.size
+    served.metrics.images_per_request.observe(count)
+    return [Job(torch.from_numpy(row), size, wants) for row in values]
+
+
+def _check_outputs(served: ServedModel, asked: Sequence[RequestedOutput] | None) -> list[RequestedOutput]:
+    names = _OUTPUTS[served.spec.task]
+    if asked is None or not asked:
+        return [RequestedOutput(name) for name in names]
+    for output in asked:
+        if output.name not in names:
+            raise BadRequest(f"unknown output {output.name!r}; this model has {list(names)}")
+        if output.classification is not None and (
+            output.name != "probabilities" or output.classification < 1
+        ):
+            raise BadRequest(
+                "the classification extension applies to 'probabilities' with a count of at least 1"
+            )
+    return list(asked)
+
+
+def _output(served: ServedModel, output: RequestedOutput, results: list[Any]) -> OutputTensor:
+    if output.name == "mask":
+        masks: list[Segmentation] = results
+        stacked = np.stack([result.mask for result in masks])
+        return OutputTensor("mask", _mask_type(len(masks[0].class_pixel_counts)), stacked)
+    classified: list[Classification] = results
+    if output.name == "class_index":
+        return OutputTensor(
+            "class_index", "INT64", np.array([r.indices[0] for r in classified], dtype=np.int64)
+        )
+    if output.classification:
+        return OutputTensor(
+            "probabilities", "BYTES", _class_strings(classified, output.classification, served)
+        )
+    rows = [r.probabilities for r in classified]
+    return OutputTensor("probabilities", "FP32", np.stack(rows).astype(np.float32))  # type: ignore[arg-type]
+
+
+def _class_strings(results: list[Classification], count: int, served: ServedModel) -> np.ndarray:
+    """Triton's classification extension: ``"score:index"`` or ``"score:index:label"``, best first."""
+    labels = served.spec.labels
+    rows = []
+    for result in results:
+        row = []
+        for index, score in list(zip(result.indices, result.scores, strict=True))[:count]:
+            label = f":{labels[index]}" if labels is not None and index < len(labels) else ""
+            row.append(f"{score:f}:{index}{label}".encode())
+        rows.append(row)
+    values = np.empty((len(rows), len(rows[0])), dtype=object)
+    values[:] = rows
+    return values
+
+
+def _mask_type(classes: int) -> str:
+    return "UINT8" if classes <= 256 else "INT32"

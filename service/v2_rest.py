@@ -1,0 +1,277 @@
+"""Open Inference Protocol (v2) over REST, on the same port and pipeline as ``/predict``.
+
+JSON requests and answers, with the binary tensor data extension both ways: a request whose
+``Inference-Header-Content-Length`` header is set carries that many bytes of JSON, then the
+binary sections of the inputs that declare ``parameters.binary_data_size``, in input order.
+Errors are ``{"error": "message"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service.errors import BadRequest, NotFound, NotReady, PredictionTimeout, ServeError, SlowUpload
+from service.intake import read_body
+from service.runtime import Runtime
+from service.served import ServedModel, accounted
+from service.v2_infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
+from service.v2_schemas import V2_INFER_OPENAPI, V2_INFER_RESPONSES
+from service.v2_tensors import (
+    InputTensor,
+    OutputTensor,
+    from_json_data,
+    from_raw,
+    parse_shape,
+    to_json_data,
+    to_raw,
+)
+
+router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def v2_error(error: ServeError) -> Response:
+    """The protocol's error body with the error's status (and its ``Retry-After``)."""
+    return _json({"error": error.message}, error.status, error.headers)
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers, "application/json")
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+@router.get("", summary="Server metadata")
+async def metadata(request: Request) -> Response:
+    return _json(server_metadata())
+
+
+@router.get("/health/live", summary="Server live")
+async def live(request: Request) -> Response:
+    runtime = _runtime(request)
+    if runtime.startup_error is not None:
+        return v2_error(NotReady(f"model loading failed: {runtime.startup_error}"))
+    return _json({"live": True})
+
+
+@router.get("/health/ready", summary="Server ready: every model warm, not draining")
+async def ready(request: Request) -> Response:
+    runtime = _runtime(request)
+    if runtime.draining:
+        return v2_error(NotReady("the server is draining before shutdown"))
+    if not runtime.registry.ready:
+        return v2_error(NotReady("models are still loading and warming up"))
+    return _json({"ready": True})
+
+
+@router.get("/models/{name}", summary="Model metadata")
+@router.get("/models/{name}/versions/{version}", summary="Model metadata of one version")
+async def get_model_metadata(name: str, request: Request, version: str | None = None) -> Response:
+    try:
+        served = _model(_runtime(request), name)
+        return _json(model_metadata(served, served.pin(version)))
+    except ServeError as error:
+        return v2_error(error)
+
+
+@router.get("/models/{name}/ready", summary="Model ready")
+@router.get("/models/{name}/versions/{version}/ready", summary="Model version ready")
+async def model_ready(name: str, request: Request, version: str | None = None) -> Response:
+    try:
+        served = _model(_runtime(request), name)
+        if version is not None and served.active is not None and version != served.active.version:
+            raise NotFound(f"model {name!r} has no version {version!r}")
+    except ServeError as error:
+        return v2_error(error)
+    return _json({"name": name, "ready": served.ready}, 200 if served.ready else 503)
+
+
+async def infer_route(request: Request) -> Response:
+    """``POST /v2/models/{name}[/versions/{version}]/infer`` (reached straight from the app)."""
+    runtime = _runtime(request)
+    target = infer_target(request.scope["path"])
+    if target is None:
+        return v2_error(NotFound(f"no route POST {request.scope['path']}"))
+    name, version = target
+    served = runtime.registry.models.get(name)
+    with accounted(served.metrics if served is not None else runtime.unknown_model_metrics) as answer:
+        try:
+            response = await _infer(runtime, request, _model(runtime, name), version)
+        except ServeError as error:
+            answer.failed(error)
+            response = v2_error(error)
+        answer.status = response.status_code
+    return response
+
+
+for _path in ("/models/{name}/infer", "/models/{name}/versions/{version}/infer"):
+    router.add_api_route(
+        _path,
+        infer_route,
+        methods=["POST"],
+        response_class=Response,
+        summary="Inference (JSON, or JSON plus binary tensor data)",
+        responses=V2_INFER_RESPONSES,
+        openapi_extra=V2_INFER_OPENAPI,
+    )
+
+
+def infer_target(path: str) -> tuple[str, str | None] | None:
+    """``(name, version)`` of ``/v2/models/{name}[/versions/{version}]/infer``, else None."""
+    parts = path.split("/")
+    if parts[:3] != ["", "v2", "models"] or parts[-1] != "infer" or not all(parts[3:-1]):
+        return None
+    if len(parts) == 5:
+        return parts[3], None
+    if len(parts) == 7 and parts[4] == "versions":
+        return parts[3], parts[5]
+    return None
+
+
+def _model(runtime: Runtime, name: str) -> ServedModel:
+    served = runtime.registry.models.get(name)
+    if served is None:
+        raise NotFound(f"no model named {name!r}; loaded models: {sorted(runtime.registry.models)}")
+    return served
+
+
+async def _infer(runtime: Runtime, request: Request, served: ServedModel, version: str | None) -> Response:
+    if runtime.draining:
+        raise NotReady(
+            "the server is draining before shutdown; retry elsewhere", headers={"Retry-After": "1"}
+        )
+    pinned = served.pin(version)
+    limits = runtime.config.server
+    uploading = True
+    try:
+        async with asyncio.timeout(limits.request_timeout_s):
+            body = await read_body(request, limits.max_body_bytes)
+            uploading = False
+            parsed, binary_default = _parse(body, request.headers.get(HEADER_LENGTH))
+            outputs = await infer(served, pinned, parsed, limits)
+    except TimeoutError:
+        if uploading:
+            raise SlowUpload(f"the body did not arrive within {limits.request_timeout_s:g} s") from None
+        raise PredictionTimeout(f"no answer within {limits.request_timeout_s:g} s; retry later") from None
+    binary = {output.name: output.binary for output in parsed.outputs or ()}
+    return _answer(served.name, pinned.version, parsed.id, outputs, binary, binary_default)
+
+
+def _parse(body: bytes, header_length: str | None) -> tuple[InferRequest, bool]:
+    """The request, and whether outputs it does not name are answered in binary."""
+    json_part, binary = _split(body, header_length)
+    try:
+        document = orjson.loads(json_part)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the request is not valid JSON: {exc}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
+        raise BadRequest("the request must be a JSON object with an 'inputs' list")
+    inputs, offset = [], 0
+    for raw in document["inputs"]:
+        tensor, offset = _input(raw, binary, offset)
+        inputs.append(tensor)
+    if offset != len(binary):
+        raise BadRequest(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+    binary_default = _parameters(document).get("binary_data_output") is True
+    outputs = _outputs(document.get("outputs"), binary_default)
+    request_id = document.get("id")
+    return InferRequest(request_id if isinstance(request_id, str) else None, inputs, outputs), binary_default
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    if header_length is None:
+        return body, memoryview(b"")
+    if not header_length.isdigit() or int(header_length) > len(body):
+        raise BadRequest(
+            f"Inference-Header-Content-Length {header_length!r} does not fit a {len(body)}-byte body"
+        )
+    length = int(header_length)
+    return body[:length], memoryview(body)[length:]
+
+
+def _input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
+    if (
+        not isinstance(raw, dict)
+        or not isinstance(raw.get("name"), str)
+        or not isinstance(raw.get("datatype"), str)
+    ):
+        raise BadRequest("each input needs a 'name', a 'datatype' and a 'shape'")
+    name, datatype = raw["name"], raw["datatype"]
+    shape = parse_shape(name, raw.get("shape"))
+    size = _parameters(raw).get("binary_data_size")
+    if size is None:
+        if "data" not in raw:
+            raise BadRequest(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+        return from_json_data(name, datatype, shape, raw["data"]), offset
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
+    if offset + size > len(binary):
+        raise BadRequest(
+            f"input {name!r}: the binary data are truncated ({len(binary) - offset} of {size} bytes)"
+        )
+    return from_raw(name, datatype, shape, binary[offset : offset + size]), offset + size
+
+
+def _outputs(raw: Any, binary_default: bool) -> list[RequestedOutput] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise BadRequest("'outputs' must be a list")
+    outputs = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise BadRequest("each requested output needs a 'name'")
+        parameters = _parameters(item)
+        count = parameters.get("classification")
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
+            raise BadRequest(f"output {item['name']!r}: 'classification' must be an integer")
+        outputs.append(
+            RequestedOutput(item["name"], count, parameters.get("binary_data", binary_default) is True)
+        )
+    return outputs
+
+
+def _parameters(raw: dict[str, Any]) -> dict[str, Any]:
+    parameters = raw.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest("'parameters' must be a JSON object")
+    return parameters
+
+
+def _answer(
+    model: str,
+    version: str,
+    request_id: str | None,
+    outputs: list[OutputTensor],
+    binary: dict[str, bool],
+    binary_default: bool,
+) -> Response:
+    described, sections = [], []
+    for tensor in outputs:
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
+        if binary.get(tensor.name, binary_default):
+            section = to_raw(tensor)
+            entry["parameters"] = {"binary_data_size": len(section)}
+            sections.append(section)
+        else:
+            entry["data"] = to_json_data(tensor)
+        described.append(entry)
+    body: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": described}
+    if request_id is not None:
+        body["id"] = request_id
+    header = orjson.dumps(body)
+    if not sections:
+        return Response(header, media_type="application/json")
+    return Response(
+        b"".join((header, *sections)),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
