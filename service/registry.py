@@ -198,6 +198,7 @@ class Registry:
         )
         metrics = self.metrics.for_model(name)
         metrics.track_queue(lambda: batcher.depth)
+        metrics.set_queue_capacity(spec.batching.max_queue_size)
         postprocess = classify if spec.task == "classification" else segment
         return ServedModel(name, spec, batcher, replicas, metrics, postprocess)
 
