@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 PREFIX = "model_serve_"
 UNKNOWN_MODEL = "_unknown"
+RELOAD_OUTCOMES = ("success", "failure", "rollback")
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -51,6 +52,12 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             f"{PREFIX}queue_depth", "Images waiting for a replica.", ["model"], registry=r
+        )
+        self.queue_capacity = Gauge(
+            f"{PREFIX}queue_capacity",
+            "Images the queue holds before answering 503 queue_full (batching.max_queue_size).",
+            ["model"],
+            registry=r,
         )
         self.in_flight = Gauge(
             f"{PREFIX}in_flight_requests", "Predict requests being handled.", ["model"], registry=r
@@ -145,6 +152,12 @@ class ModelMetrics:
         self.images_per_request = metrics.images_per_request.labels(model)
         self.in_flight = metrics.in_flight.labels(model)
         self._inference: dict[str, Histogram] = {}
+        # Every outcome exported at 0 from the start: increase() cannot see a counter's first
+        # step when its series is born at 1, so the first failed reload would never alert.
+        # (Not for the stand-in of unknown names: it is never reloaded.)
+        if model != UNKNOWN_MODEL:
+            for outcome in RELOAD_OUTCOMES:
+                metrics.reloads.labels(model, outcome)
 
     def answered(self, code: int, duration_s: float) -> None:
         counter = self._codes.get(code)
@@ -169,6 +182,10 @@ class ModelMetrics:
 
     def track_queue(self, depth: Callable[[], float]) -> None:
         self._metrics.queue_depth.labels(self.model).set_function(depth)
+
+    def set_queue_capacity(self, images: int) -> None:
+        """The queue's bound, exported beside its depth so alerts can compare the two."""
+        self._metrics.queue_capacity.labels(self.model).set(images)
 
 
 class DeviceMemoryCollector(Collector):

@@ -169,6 +169,7 @@ class Registry:
         )
         metrics = self.metrics.for_model(name)
         metrics.track_queue(lambda: batcher.depth)
+        metrics.set_queue_capacity(spec.batching.max_queue_size)
         return ServedModel(
             name, spec, task_for(spec), batcher, replicas, metrics, self.config.server, self.workers
         )

@@ -3,84 +3,20 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from tests.integration.harness import model_entry, png, save_random_weights, write_config
 from tests.integration.loadgen import PNG, file_version
-from tests.serving import ServerProcess, free_port
+from tests.integration.prometheus import PrometheusProcess
+from tests.serving import ServerProcess
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="the prometheus binary is not installed")
 ARCH = "tests.archs:slow_classifier"
-
-
-class PrometheusProcess:
-    """``prometheus`` on a free loopback port, storing in ``folder``; stopped by its PID."""
-
-    def __init__(self, folder: Path, target: str, binary: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-            "scrape_configs": [{"job_name": "model-serve", "static_configs": [{"targets": [target]}]}],
-        }
-        (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self._log = (folder / "prometheus.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={folder / 'prometheus.yml'}",
-                f"--storage.tsdb.path={folder / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            cwd=folder,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.log_path = folder / "prometheus.log"
-
-    def query(self, expression: str) -> list[dict[str, Any]]:
-        """The instant vector of ``expression``, or [] while Prometheus is not up yet."""
-        try:
-            answer = httpx.get(f"{self.url}/api/v1/query", params={"query": expression}, timeout=2)
-        except httpx.TransportError:
-            return []
-        if answer.status_code != 200:
-            return []
-        result: list[dict[str, Any]] = answer.json()["data"]["result"]
-        return result
-
-    def wait_for(self, expression: str, timeout_s: float = 30) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self.process.returncode}:\n{self.log()}")
-            result = self.query(expression)
-            if result:
-                return result
-            time.sleep(0.2)
-        raise AssertionError(f"no result for {expression!r} within {timeout_s} s:\n{self.log()[-3000:]}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
 
 
 @pytest.fixture
