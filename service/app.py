@@ -33,6 +33,7 @@ from service.registry import Registry
 from service.render import error_response
 from service.routes import predict, router
 from service.runtime import Runtime
+from service.ui import install_ui
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,13 @@ def create_app(
         version=__version__,
         lifespan=lifespan,
         description="Serve PyTorch checkpoints with dynamic batching on every device.",
+        docs_url=None,  # service.ui serves /docs and /redoc without a CDN
+        redoc_url=None,
     )
     app.state.runtime = runtime
     app.request_ids = RequestIds()
     app.include_router(router)
+    install_ui(app)
     _add_error_handlers(app)
     app.add_middleware(RequestIdMiddleware, ids=app.request_ids)
     return app
