@@ -93,7 +93,8 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "model": PredictResponse,
         "description": "predictions in request order",
-        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        # JSON first: Swagger's "Try it out" sends the first type as its Accept header.
+        "content": {"application/json": {}, "image/png": {"schema": {"type": "string", "format": "binary"}}},
     },
     400: _error("no image, or an image that does not decode"),
     404: _error("unknown model"),

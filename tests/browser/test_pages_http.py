@@ -162,6 +162,9 @@ def test_predict_lists_every_accepted_media_type(spec: dict[str, Any]) -> None:
     assert accepted <= set(content)
     assert set(content) == accepted | {"application/octet-stream", "multipart/form-data"}
     assert content["multipart/form-data"]["schema"]["properties"]["file"]["items"]["format"] == "binary"
+    # Swagger's "Try it out" asks for the first answer type: JSON, not a segmentation's bare PNG.
+    answers = spec["paths"]["/predict"]["post"]["responses"]["200"]["content"]
+    assert list(answers) == ["application/json", "image/png"]
 
 
 @pytest.mark.parametrize(
