@@ -150,17 +150,29 @@ def test_shapes_sample_shows_its_mask_in_the_legend_colours(
     card.screenshot(str(artifacts / "playground_shapes.png"))
 
 
-def test_a_text_file_shows_the_server_error(
-    browser: Browser, demo_server: ServerProcess, tmp_path: Path, artifacts: Path
+_DROP_TEXT_FILE = """
+const transfer = new DataTransfer();
+transfer.items.add(new File([arguments[1]], arguments[0], { type: "text/plain" }));
+document.getElementById("drop-zone").dispatchEvent(
+  new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+"""
+
+
+def test_a_dropped_text_file_shows_the_server_error(
+    browser: Browser, demo_server: ServerProcess, artifacts: Path
 ) -> None:
     _open_playground(browser, demo_server, "digits")
-    notes = tmp_path / "notes.txt"
-    notes.write_text("not an image\n")
-    [card] = _drop(browser, notes)
+    browser.execute_script(_DROP_TEXT_FILE, "notes.txt", "not an image\n")
+    card = wait_for(
+        browser,
+        lambda d: [c for c in elements(d, ".result") if c.get_attribute("data-state") != "pending"],
+        "the answer to the dropped file",
+    )[0]
+    assert element(card, ".file-name").text == "notes.txt"
     assert card.get_attribute("data-state") == "error"
     error = element(card, ".error")
     assert error.is_displayed()
     assert error.get_attribute("role") == "alert"
     assert error.text.startswith("HTTP 400: bad_image: ")
-    assert "digits · failed" in element(card, ".meta").text
+    assert element(card, ".meta").text == "digits · failed"
     card.screenshot(str(artifacts / "playground_error.png"))
