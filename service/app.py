@@ -33,6 +33,7 @@ from service.registry import Registry
 from service.render import error_response
 from service.routes import predict, router
 from service.runtime import Runtime
+from service.ui import install_ui
 from service.v2_grpc import start_grpc, stop_grpc
 from service.v2_rest import infer_route, infer_target
 from service.v2_rest import router as v2_router
@@ -87,11 +88,14 @@ def create_app(
         version=__version__,
         lifespan=lifespan,
         description="Serve PyTorch checkpoints with dynamic batching on every device.",
+        docs_url=None,  # service.ui serves /docs and /redoc without a CDN
+        redoc_url=None,
     )
     app.state.runtime = runtime
     app.request_ids = RequestIds()
     app.include_router(router)
     app.include_router(v2_router)
+    install_ui(app)
     _add_error_handlers(app)
     app.add_middleware(RequestIdMiddleware, ids=app.request_ids)
     return app

@@ -9,6 +9,7 @@ import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
@@ -141,12 +142,14 @@ async def get_model(name: str, runtime: RuntimeDep) -> dict[str, Any]:
     return runtime.registry.get(name).describe()
 
 
-def require_admin(request: Request, runtime: RuntimeDep) -> None:
+def require_admin(
+    runtime: RuntimeDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(schemas.ADMIN_BEARER)],
+) -> None:
     """``Authorization: Bearer <token>``, compared in constant time."""
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given:
+    if bearer is None or not bearer.credentials.strip():
         raise Unauthorized("admin routes need 'Authorization: Bearer <MODEL_SERVE_ADMIN_TOKEN>'")
-    if not hmac.compare_digest(given.strip().encode(), runtime.admin_token.encode()):
+    if not hmac.compare_digest(bearer.credentials.strip().encode(), runtime.admin_token.encode()):
         raise Unauthorized("the admin token is wrong")
 
 
@@ -156,6 +159,7 @@ def require_admin(request: Request, runtime: RuntimeDep) -> None:
     response_model=schemas.ReloadAnswer,
     dependencies=[Depends(require_admin)],
     responses=schemas.ADMIN_RESPONSES,
+    openapi_extra=schemas.RELOAD_OPENAPI,
 )
 async def reload_model(name: str, request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     served = runtime.registry.get(name)

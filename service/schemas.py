@@ -1,4 +1,4 @@
-"""Answer schemas for the OpenAPI page (and the reload request body).
+"""Answer schemas for the OpenAPI page, the reload request body and the admin security scheme.
 
 The predict path writes its JSON with orjson directly; these models document that JSON, and
 the tests check the served answers against them.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -93,7 +94,8 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "model": PredictResponse,
         "description": "predictions in request order",
-        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        # JSON first: Swagger's "Try it out" sends the first type as its Accept header.
+        "content": {"application/json": {}, "image/png": {"schema": {"type": "string", "format": "binary"}}},
     },
     400: _error("no image, or an image that does not decode"),
     404: _error("unknown model"),
@@ -114,7 +116,45 @@ ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: _error("the checkpoint does not load into the architecture, or a bad body"),
 }
 
+# Documents the admin routes' bearer token (Swagger's Authorize button sends it); it never
+# refuses by itself, so ``require_admin`` answers every failure with the contract's 401 body.
+ADMIN_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="AdminToken",
+    description="the server's MODEL_SERVE_ADMIN_TOKEN",
+)
+
+# The reload handler reads its (optional) body itself, so an empty body stays valid;
+# this documents that body for the OpenAPI page.
+RELOAD_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/json": {
+                "schema": ReloadRequest.model_json_schema(),
+                "examples": {
+                    "configured": {"summary": "re-read the configured checkpoint", "value": {}},
+                    "other file": {
+                        "summary": "a file under checkpoint_root",
+                        "value": {"checkpoint": "digits-v2.safetensors"},
+                    },
+                },
+            }
+        },
+    }
+}
+
 _IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
+# Every raw-body type intake accepts (it takes any image/* and application/octet-stream).
+RAW_IMAGE_TYPES = (
+    "image/png",
+    "image/jpeg",
+    "image/webp",
+    "image/bmp",
+    "image/gif",
+    "image/tiff",
+    "application/octet-stream",
+)
 
 PREDICT_OPENAPI: dict[str, Any] = {
     "parameters": [
@@ -143,11 +183,7 @@ PREDICT_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "image/png": _IMAGE_BODY,
-            "image/jpeg": _IMAGE_BODY,
-            "image/webp": _IMAGE_BODY,
-            "image/bmp": _IMAGE_BODY,
-            "image/gif": _IMAGE_BODY,
+            **{media_type: _IMAGE_BODY for media_type in RAW_IMAGE_TYPES},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
