@@ -1,21 +1,31 @@
 # The two commands a fresh machine needs: `make serve` and `make test`.
-# Each builds its own virtual environment first (torch comes from pip; on the
-# project's build machines a local mirror serves it).
+# Each builds its own virtual environment first (the first run installs torch and the rest
+# from pip: a few minutes). Variables (override on the command line, e.g. `make serve PORT=9000`):
+#   PYTHON       the interpreter that creates the environment (3.11 or newer)
+#   VENV         where the environment goes
+#   HOST, PORT   where `make serve` listens
+#   TORCH_INDEX  a pip index to take torch and torchvision from, e.g. the CPU-only build:
+#                make serve TORCH_INDEX=https://download.pytorch.org/whl/cpu
+#                (read when the environment is created: `make clean` first to switch)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+TORCH_INDEX ?=
 
-.PHONY: serve test lint bench loadtest train-demo clean
+.PHONY: serve test lint bench loadtest train-demo docs clean
 
 $(BIN)/.installed: pyproject.toml
+	@echo "model-serve: installing into $(VENV) (the first run takes a few minutes)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install -q torch torchvision --index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
 serve: $(BIN)/.installed
+	@echo "model-serve: starting on http://$(HOST):$(PORT); ready when http://$(HOST):$(PORT)/readyz answers 200"
 	$(BIN)/model-serve serve --host $(HOST) --port $(PORT)
 
 test: $(BIN)/.installed
@@ -33,6 +43,9 @@ loadtest: $(BIN)/.installed
 
 train-demo: $(BIN)/.installed
 	$(BIN)/python -m models.demo_training --out models/checkpoints
+
+docs: $(BIN)/.installed
+	$(BIN)/python -m service.config_reference > docs/configuration.md.new && mv docs/configuration.md.new docs/configuration.md
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache

@@ -44,12 +44,12 @@ try:
     from load_tests.naive_server import load_model
     from load_tests.report import NAIVE, SERVE, Load, RawResult, compute_targets, write_report
     from load_tests.server_process import free_port
-    from load_tests.wrk import run_wrk, write_script
+    from load_tests.wrk import INSTALL_HINT, find_wrk, run_wrk, write_script
 except ModuleNotFoundError:  # run as `python load_tests/benchmark.py`: only load_tests/ is on the path
     from naive_server import load_model  # type: ignore[no-redef]
     from report import NAIVE, SERVE, Load, RawResult, compute_targets, write_report  # type: ignore[no-redef]
     from server_process import free_port  # type: ignore[no-redef]
-    from wrk import run_wrk, write_script  # type: ignore[no-redef]
+    from wrk import INSTALL_HINT, find_wrk, run_wrk, write_script  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = {NAIVE: ["load_tests.naive_server"], SERVE: ["service.cli", "serve"]}
@@ -355,9 +355,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def missing_tools() -> list[str]:
+    """What the run needs and cannot find, each with how to get it (checked before measuring)."""
+    return [] if find_wrk() is not None else [f"wrk is not on PATH: {INSTALL_HINT}"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Raw first (the servers are not up yet), then both servers; report, exit 1 only if --strict."""
+    """Raw first (the servers are not up yet), then both servers; report, exit 1 only if --strict.
+
+    Exit status 2, before anything is measured, when a tool is missing."""
     args = parse_args(argv)
+    missing = missing_tools()
+    if missing:
+        for problem in missing:
+            print(f"benchmark: {problem}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="model-serve-bench-") as tmp:
         folder = Path(tmp)

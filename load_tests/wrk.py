@@ -7,11 +7,12 @@ microseconds) as one JSON line, so nothing here parses human-oriented text.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-WRK = "/usr/bin/wrk"
+INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk) and put it on PATH"
 _MARK = "WRK_RESULT "
 # A slow server must show up as high latency, not as timeouts that wrk leaves out of its
 # latency figures: the naive server's p99 runs to seconds under load.
@@ -59,6 +60,11 @@ class WrkResult:
         return self.status_errors + self.socket_errors
 
 
+def find_wrk() -> str | None:
+    """The wrk binary on PATH (wherever the package manager put it), or None."""
+    return shutil.which("wrk")
+
+
 def write_script(folder: Path) -> Path:
     """The Lua script, written once per benchmark run; the image comes in through its args."""
     path = folder / "post_image.lua"
@@ -70,8 +76,11 @@ def run_wrk(
     url: str, script: Path, body: Path, content_type: str, *, clients: int, seconds: int
 ) -> WrkResult:
     """One thread, ``clients`` keep-alive connections, raw-body POSTs of ``body``."""
+    wrk = find_wrk()
+    if wrk is None:
+        raise RuntimeError(f"wrk is not on PATH: {INSTALL_HINT}")
     command = [
-        WRK,
+        wrk,
         "-t1",
         f"-c{clients}",
         f"-d{seconds}s",

@@ -42,25 +42,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+# Help text is plain text (argparse prints it as it is): no markup from the docstrings.
+_DESCRIPTION = "Serve PyTorch checkpoints over HTTP, or inspect a checkpoint file."
+_EPILOG = "Run 'model-serve serve --help' or 'model-serve inspect --help' for a command's options."
+_SERVE_DESCRIPTION = (
+    "Serve the models of a YAML config (--config, else $MODEL_SERVE_CONFIG), or with neither "
+    "the built-in demo models. Ready when GET /readyz answers 200."
+)
+_INSPECT_DESCRIPTION = (
+    "Say what a checkpoint file holds (format, wrapper key, key prefixes, device tags, dtypes, "
+    "parameters) and, with --architecture, whether and how it loads into that model."
+)
+_INSPECT_EPILOG = (
+    "Exit status: 0 the file is readable (and loads into the architecture, if given); "
+    "1 it would not load into the architecture; 2 the file is unreadable or refused, or the "
+    "architecture cannot be built."
+)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="model-serve", description=__doc__)
+    parser = argparse.ArgumentParser(prog="model-serve", description=_DESCRIPTION, epilog=_EPILOG)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve", help="serve the configured (or demo) models")
+    serve_cmd = commands.add_parser(
+        "serve", help="serve the configured (or demo) models", description=_SERVE_DESCRIPTION
+    )
     serve_cmd.add_argument(
         "--config", type=Path, default=None, help="YAML config (default: $MODEL_SERVE_CONFIG, else the demo)"
     )
-    serve_cmd.add_argument("--host", default="127.0.0.1")
-    serve_cmd.add_argument("--port", type=int, default=8000)
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
     serve_cmd.add_argument(
         "--grpc-port",
         type=_grpc_port,
         default=None,
         help="v2 gRPC port, or 'off' (default: server.grpc_port, $MODEL_SERVE_GRPC_PORT, else 8081)",
     )
-    inspect_cmd = commands.add_parser("inspect", help="what a checkpoint holds; does it load?")
-    inspect_cmd.add_argument("checkpoint", type=Path)
-    inspect_cmd.add_argument("--architecture", help="importable.module:callable")
-    inspect_cmd.add_argument("--init-args", default="{}", help="JSON keyword arguments")
+    inspect_cmd = commands.add_parser(
+        "inspect",
+        help="what a checkpoint holds; does it load?",
+        description=_INSPECT_DESCRIPTION,
+        epilog=_INSPECT_EPILOG,
+    )
+    inspect_cmd.add_argument("checkpoint", type=Path, help="a .pt/.pth (torch.save) or .safetensors file")
+    inspect_cmd.add_argument(
+        "--architecture", metavar="MOD:CALLABLE", help="importable.module:callable that builds the model"
+    )
+    inspect_cmd.add_argument(
+        "--init-args",
+        metavar="JSON",
+        default="{}",
+        help="its keyword arguments, e.g. '{\"num_classes\": 10}'",
+    )
     inspect_cmd.add_argument(
         "--trust-pickle", action="store_true", help="allow arbitrary unpickling (only for files you trust)"
     )

@@ -29,10 +29,22 @@ class InputSpec(_Frozen):
     """How an image becomes the model's input tensor: channels, stretch-resize to size, normalise."""
 
     size: tuple[int, int] = Field(description="[H, W] the image is resized to")
-    channels: Literal[1, 3] = 3
-    mean: tuple[float, ...] = _IMAGENET_MEAN
-    std: tuple[float, ...] = _IMAGENET_STD
-    resize: Literal["stretch", "center_crop"] = "stretch"
+    channels: Literal[1, 3] = Field(3, description="1: converted to grey; 3: converted to RGB")
+    mean: tuple[float, ...] = Field(
+        _IMAGENET_MEAN,
+        description="subtracted after scaling to [0, 1]; 1 value or one per channel "
+        "(default ImageNet's; with channels 1 their average, [0.449])",
+    )
+    std: tuple[float, ...] = Field(
+        _IMAGENET_STD,
+        description="divided by after the mean; positive, 1 value or one per channel "
+        "(default ImageNet's; with channels 1 their average, [0.226])",
+    )
+    resize: Literal["stretch", "center_crop"] = Field(
+        "stretch",
+        description="stretch: straight to size (no crop, bilinear); center_crop: scale to cover "
+        "size, then crop the centre",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -65,8 +77,14 @@ class InputSpec(_Frozen):
 class BatchingSpec(_Frozen):
     """Dynamic batching: at most ``max_batch_size`` images per forward."""
 
-    max_batch_size: int = Field(32, ge=1, le=4096)
-    max_delay_ms: float = Field(0.0, ge=0, le=10_000)
+    max_batch_size: int = Field(32, ge=1, le=4096, description="the most images in one forward")
+    max_delay_ms: float = Field(
+        0.0,
+        ge=0,
+        le=10_000,
+        description="0: an idle replica takes what is queued at once; above 0: a batch may wait "
+        "this long to fill",
+    )
     max_queue_size: int = Field(1024, ge=1, description="images queued before 503 queue_full")
 
     @property
@@ -77,22 +95,47 @@ class BatchingSpec(_Frozen):
 class ModelSpec(_Frozen):
     """One served model: its architecture, checkpoint, input and serving policy."""
 
-    task: Literal["classification", "segmentation"] = "classification"
-    architecture: str
-    init_args: dict[str, Any] = Field(default_factory=dict)
-    checkpoint: Path
-    input: InputSpec
-    labels: tuple[str, ...] | None = None
-    batching: BatchingSpec = BatchingSpec()
-    devices: Literal["auto", "cpu"] | tuple[str, ...] = "auto"
-    output: int | str | None = None
-    trust_pickle: bool = False
-    watch: bool = False
+    task: Literal["classification", "segmentation"] = Field(
+        "classification", description="classification: top-k labels; segmentation: a class-index mask"
+    )
+    architecture: str = Field(
+        description="'importable.module:callable' returning an nn.Module, e.g. torchvision.models:resnet18"
+    )
+    init_args: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments for the architecture callable"
+    )
+    checkpoint: Path = Field(
+        description="the weights file (.pt, .pth, .safetensors); relative to the config file's folder"
+    )
+    input: InputSpec = Field(description="how an image becomes the input tensor (section below)")
+    labels: tuple[str, ...] | None = Field(
+        None, description="class names by index; default: the index as a string"
+    )
+    batching: BatchingSpec = Field(BatchingSpec(), description="dynamic batching (section below)")
+    devices: Literal["auto", "cpu"] | tuple[str, ...] = Field(
+        "auto",
+        description="auto: every visible GPU, else cpu; cpu; or a list such as [cuda:0, cuda:1] "
+        "(one replica per entry, repeats allowed)",
+    )
+    output: int | str | None = Field(
+        None,
+        description="index or key of the logits when forward returns a tuple/list or dict; "
+        "default: a dict's 'out', a tuple's first element",
+    )
+    trust_pickle: bool = Field(
+        False, description="load checkpoints that need arbitrary unpickling (only files you trust)"
+    )
+    watch: bool = Field(False, description="reload when the checkpoint file's content changes")
     torch_threads: int | None = Field(
-        None, ge=1, description="fixed intra-op threads per CPU replica; default: share the cores"
+        None,
+        ge=1,
+        description="fixed intra-op threads per CPU replica of this model; default: server.torch_threads",
     )
     cpu_replicas: int | None = Field(
-        None, ge=1, le=64, description="replicas for devices cpu/auto-without-GPU; default: the cores"
+        None,
+        ge=1,
+        le=64,
+        description="CPU replicas (devices cpu, or auto without a GPU); default: one per free core",
     )
 
     @field_validator("architecture")
@@ -107,16 +150,35 @@ class ModelSpec(_Frozen):
 class ServerSpec(_Frozen):
     """Process-wide limits and behaviour; every field has a production default."""
 
-    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="request body limit, checked while streaming; 413 above"
+    )
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line + headers; 431 above")
-    max_image_pixels: int = Field(40_000_000, ge=1)
-    max_images_per_request: int = Field(64, ge=1)
-    request_timeout_s: float = Field(30.0, gt=0)
-    drain_grace_s: float = Field(20.0, ge=0)
-    torch_threads: int | None = Field(None, ge=1, description="CPU replicas' intra-op threads")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="pixels per image, checked before decoding; 413 above"
+    )
+    max_images_per_request: int = Field(64, ge=1, description="multipart 'file' parts; 413 above")
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="deadline for upload plus prediction: 408 (slow upload) or 504"
+    )
+    drain_grace_s: float = Field(
+        20.0, ge=0, description="on SIGTERM: readiness 503, in-flight requests get this long to finish"
+    )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="intra-op threads of every CPU replica (a model's own torch_threads wins); "
+        "default: replicas share the free cores",
+    )
     watch_interval_s: float = Field(1.0, gt=0, description="how often watched checkpoints are checked")
-    log_format: Literal["text", "json"] = "text"
-    admin_token: str | None = Field(None, repr=False)
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one object per line, with request_id"
+    )
+    admin_token: str | None = Field(
+        None,
+        repr=False,
+        description="Bearer token of reload and rollback; unset: a random one, logged once at start",
+    )
     grpc_port: int | None = Field(
         8081, ge=0, le=65535, description="v2 gRPC port (0: any free port); null turns gRPC off"
     )
@@ -125,10 +187,17 @@ class ServerSpec(_Frozen):
 class ServeConfig(_Frozen):
     """The whole configuration; paths are absolute once loaded."""
 
-    default_model: str | None = None
-    checkpoint_root: Path = Path("checkpoints")
-    server: ServerSpec = ServerSpec()
-    models: dict[str, ModelSpec]
+    default_model: str | None = Field(
+        None, description="the model /predict uses without ?model=; default: the first listed"
+    )
+    checkpoint_root: Path = Field(
+        Path("checkpoints"),
+        description="reload reads only files under this folder; relative to the config file's folder",
+    )
+    server: ServerSpec = Field(ServerSpec(), description="process-wide limits (section below)")
+    models: dict[str, ModelSpec] = Field(
+        description="the served models by name (section below); at least one"
+    )
 
     @model_validator(mode="after")
     def _check_models(self) -> ServeConfig:

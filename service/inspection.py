@@ -73,7 +73,9 @@ def _summarise(raw: RawCheckpoint, version: str, out: TextIO) -> None:
         ("device tags", ", ".join(raw.storage_devices) or "none"),
         ("dtypes", ", ".join(f"{name} x{count}" for name, count in sorted(dtypes.items()))),
         ("tensors", str(len(tensors))),
-        ("elements", f"{sum(tensor.numel() for tensor in tensors.values()):,}"),
+        # every tensor's elements: the file cannot tell parameters from buffers (BatchNorm's
+        # running statistics), so they are counted too; the README's "parameter count"
+        ("parameters", f"{sum(tensor.numel() for tensor in tensors.values()):,} (buffers included)"),
     ]
     for label, value in rows:
         print(f"{label + ':':<17}{value}", file=out)
@@ -102,6 +104,8 @@ def _check_architecture(
         print(f"FAIL: does not load into {architecture}", file=out)
         return WOULD_NOT_LOAD
     print(match.describe(), file=out)
+    trainable = sum(parameter.numel() for parameter in model.parameters())
+    print(f"{'model weights:':<17}{trainable:,} parameters (buffers excluded)", file=out)
     print(f"OK: loads into {architecture}", file=out)
     return LOADS
 

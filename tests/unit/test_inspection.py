@@ -41,7 +41,7 @@ def test_summary_of_a_readable_file(checkpoint: Path) -> None:
     assert "device tags:     cpu" in text
     assert "dtypes:          float32 x8, int64 x1" in text
     assert "tensors:         9" in text
-    assert f"elements:        {4 * 9 + 4 + 4 * 4 + 1 + 16 * 3 + 3:,}" in text
+    assert f"parameters:      {4 * 9 + 4 + 4 * 4 + 1 + 16 * 3 + 3:,} (buffers included)" in text
     assert f"({checkpoint.stat().st_size:,} bytes)" in text
 
 
@@ -49,6 +49,7 @@ def test_loads_into_its_architecture(checkpoint: Path, net_spec: str) -> None:
     code, text = _inspect(checkpoint, net_spec, init_args={"num_classes": 3})
     assert code == 0
     assert "strip prefix:    '' (nothing is stripped)" in text
+    assert f"model weights:   {4 * 9 + 4 + 4 + 4 + 16 * 3 + 3:,} parameters (buffers excluded)" in text
     assert text.rstrip().endswith(f"OK: loads into {net_spec}")
 
 
