@@ -182,6 +182,35 @@ class ServerSpec(_Frozen):
     grpc_port: int | None = Field(
         8081, ge=0, le=65535, description="v2 gRPC port (0: any free port); null turns gRPC off"
     )
+    max_inflight_pixels: int = Field(
+        100_000_000,
+        ge=1,
+        description=(
+            "decoded pixels held by all requests at once (503 above, 413 for one request that never "
+            "fits). A pixel costs up to 12 bytes at the peak of a decode: Pillow keeps RGB in 4, an "
+            "EXIF rotation makes a second copy, a CMYK or 16-bit conversion a third. 100 M x 12 B = "
+            "1.2 GB, plus 256 MiB of bodies, leaves ~1.5 GiB of the 3 GiB pod limit "
+            "(k8s/base/deployment.yaml) to torch, the models and their replicas"
+        ),
+    )
+    max_inflight_body_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="request body bytes held by all requests at once"
+    )
+
+    @model_validator(mode="after")
+    def _check_inflight(self) -> ServerSpec:
+        """One request at its own limits must fit the shared budgets, or it could never be served."""
+        if self.max_inflight_pixels < self.max_image_pixels:
+            raise ValueError(
+                f"max_inflight_pixels ({self.max_inflight_pixels}) is below max_image_pixels "
+                f"({self.max_image_pixels}): raise it, or lower max_image_pixels"
+            )
+        if self.max_inflight_body_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"max_inflight_body_bytes ({self.max_inflight_body_bytes}) is below max_body_bytes "
+                f"({self.max_body_bytes}): raise it, or lower max_body_bytes"
+            )
+        return self
 
 
 class ServeConfig(_Frozen):
@@ -248,6 +277,8 @@ _SERVER_ENV = {
     "LOG_FORMAT": "log_format",
     "ADMIN_TOKEN": "admin_token",
     "GRPC_PORT": "grpc_port",
+    "MAX_INFLIGHT_PIXELS": "max_inflight_pixels",
+    "MAX_INFLIGHT_BODY_BYTES": "max_inflight_body_bytes",
 }
 # An environment value that stands for a config ``null`` (e.g. MODEL_SERVE_GRPC_PORT=off).
 _NULL_WORDS = {"null", "none", "off"}
