@@ -1,13 +1,14 @@
 """The one checkpoint pipeline, shared by the server and ``inspect``.
 
-open (``weights_only`` or safetensors) -> unwrap -> strip a prefix only if every key then
-matches -> strict load -> report mismatches by name. Nothing here keeps state between calls, so
+read the file whole and verify it (``checkpoint_file``) -> open (``weights_only`` or
+safetensors) -> unwrap -> strip a prefix only if every key then matches -> strict load ->
+report mismatches by name. Nothing here keeps state between calls, so
 a fresh model can be loaded beside a copy that is serving (hot reload).
 """
 
 from __future__ import annotations
 
-import hashlib
+import io
 import pickle
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -16,9 +17,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load as load_safetensors
 from torch import nn
 
+from service.checkpoint_file import (
+    WholeFile,
+    check_safetensors,
+    check_sidecar,
+    check_torch_zip,
+    file_sha256,
+    read_whole,
+)
 from service.errors import CheckpointError
 
 CheckpointFormat = Literal["torch", "safetensors"]
@@ -32,7 +41,6 @@ WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
 # torch.save's legacy format starts with torch.serialization.MAGIC_NUMBER pickled (protocol 2).
 _LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
-_CHUNK_BYTES = 1 << 20
 _SHOWN = 5
 
 
@@ -123,32 +131,15 @@ class LoadReport:
 
 
 def checkpoint_version(path: Path) -> str:
-    """The first 12 hex digits of the file's SHA-256, read in chunks."""
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as file:
-            for chunk in iter(lambda: file.read(_CHUNK_BYTES), b""):
-                digest.update(chunk)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
-    return digest.hexdigest()[:12]
+    """The first 12 hex digits of the file's SHA-256, streamed (regular files only)."""
+    return file_sha256(path)[:12]
 
 
 def read_checkpoint(
     path: Path, *, map_location: torch.device | str = "cpu", trust_pickle: bool = False
 ) -> RawCheckpoint:
-    """Open and unwrap ``path``; tensors land on ``map_location`` whatever device saved them."""
-    file_format = _sniff(path)
-    if file_format == "safetensors":
-        try:
-            loaded: object = load_file(path, device=str(map_location))
-        except Exception as exc:  # safetensors raises its own error types for bad files
-            raise CheckpointError(f"cannot read {path} as safetensors: {exc}") from exc
-        devices: tuple[str, ...] = ("cpu",)
-    else:
-        loaded, devices = _read_torch(path, str(map_location), trust_pickle)
-    wrapper_key, ignored, state_dict = _unwrap(loaded, path)
-    return RawCheckpoint(path, file_format, wrapper_key, ignored, state_dict, devices)
+    """``read_verified`` without the version; tensors land on ``map_location``."""
+    return _parse(_read_whole_verified(path), str(map_location), trust_pickle)
 
 
 def shared_prefixes(keys: Sequence[str]) -> tuple[str, ...]:
@@ -191,26 +182,38 @@ def apply_checkpoint(model: nn.Module, raw: RawCheckpoint) -> KeyMatch:
 
 
 def read_verified(path: Path, *, trust_pickle: bool = False) -> tuple[RawCheckpoint, str]:
-    """The checkpoint read once onto the host, and the version of exactly what was read.
+    """The checkpoint read once onto the host, and the version of exactly those bytes.
 
-    A file replaced while it is read and hashed (a watcher's ``os.replace``) is refused
-    instead of being served under the other file's version.
+    Every load goes through here (start-up, reload, watch, ``inspect``): the bytes must match
+    ``<checkpoint>.sha256`` when it exists, and a torch zip's records their CRC-32s, before
+    anything is unpickled; a file rewritten while it is read is refused.
     """
-    before = file_identity(path)  # None when missing: read_checkpoint then says what is wrong
-    raw = read_checkpoint(path, map_location="cpu", trust_pickle=trust_pickle)
-    version = checkpoint_version(path)
-    if file_identity(path) != before:
-        raise CheckpointError(f"{path.name} changed while it was being read; replace files atomically")
-    return raw, version
+    whole = _read_whole_verified(path)
+    return _parse(whole, "cpu", trust_pickle), whole.version
 
 
-def file_identity(path: Path) -> tuple[int, int, int] | None:
-    """What changes when a file is rewritten or replaced; None while it is missing."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+def _read_whole_verified(path: Path) -> WholeFile:
+    whole = read_whole(path)
+    check_sidecar(whole)  # the SHA-256 already computed for the version, not a second read
+    return whole
+
+
+def _parse(whole: WholeFile, device: str, trust_pickle: bool) -> RawCheckpoint:
+    """Check the format's own integrity data, then open and unwrap; tensors land on ``device``."""
+    file_format = _sniff(whole)
+    if file_format == "safetensors":
+        check_safetensors(whole)
+        try:
+            loaded: object = {k: v.to(device) for k, v in load_safetensors(whole.data).items()}
+        except Exception as exc:  # safetensors raises its own error types for bad files
+            raise CheckpointError(f"cannot read {whole.path} as safetensors: {exc}") from exc
+        devices: tuple[str, ...] = ("cpu",)
+    else:
+        if whole.data.startswith(_ZIP_MAGIC):  # the legacy format has no checksums to check
+            check_torch_zip(whole)
+        loaded, devices = _read_torch(whole, device, trust_pickle)
+    wrapper_key, ignored, state_dict = _unwrap(loaded, whole.path)
+    return RawCheckpoint(whole.path, file_format, wrapper_key, ignored, state_dict, devices)
 
 
 def install(model: nn.Module, raw: RawCheckpoint, device: torch.device | str) -> KeyMatch:
@@ -244,17 +247,9 @@ def dtype_name(tensor: torch.Tensor) -> str:
     return str(tensor.dtype).removeprefix("torch.")
 
 
-def _sniff(path: Path) -> CheckpointFormat:
+def _sniff(whole: WholeFile) -> CheckpointFormat:
     """Tell the format from the first bytes, refusing anything that is not a checkpoint unread."""
-    if not path.is_file():
-        state = "is not a file" if path.exists() else "does not exist"
-        raise CheckpointError(f"checkpoint {path} {state}")
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as file:
-            head = file.read(16)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+    path, head, size = whole.path, whole.data[:16], len(whole.data)
     if size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); was it written completely?")
     if head.startswith((_ZIP_MAGIC, _LEGACY_MAGIC)):
@@ -275,19 +270,19 @@ def _sniff(path: Path) -> CheckpointFormat:
     )
 
 
-def _read_torch(path: Path, device: str, trust_pickle: bool) -> tuple[object, tuple[str, ...]]:
+def _read_torch(whole: WholeFile, device: str, trust_pickle: bool) -> tuple[object, tuple[str, ...]]:
     """``torch.load`` with ``weights_only``; full unpickling only if the config trusts the file."""
     try:
-        return _torch_load(path, device, weights_only=True)
+        return _torch_load(whole.data, device, weights_only=True)
     except pickle.UnpicklingError:
         if not trust_pickle:
-            raise CheckpointError(_refusal(path)) from None
+            raise CheckpointError(_refusal(whole)) from None
     except Exception as exc:  # torch.load raises many types for corrupt or truncated files
-        raise _unreadable(path, exc, " (truncated or corrupt?)") from exc
+        raise _unreadable(whole.path, exc, " (truncated or corrupt?)") from exc
     try:
-        return _torch_load(path, device, weights_only=False)
+        return _torch_load(whole.data, device, weights_only=False)
     except Exception as exc:  # full unpickling can fail in any way, e.g. a class since renamed
-        raise _unreadable(path, exc, "") from exc
+        raise _unreadable(whole.path, exc, "") from exc
 
 
 def _unreadable(path: Path, exc: Exception, guess: str) -> CheckpointError:
@@ -295,7 +290,7 @@ def _unreadable(path: Path, exc: Exception, guess: str) -> CheckpointError:
     return CheckpointError(f"cannot read {path} as a torch checkpoint{guess}: {reason}")
 
 
-def _torch_load(path: Path, device: str, *, weights_only: bool) -> tuple[object, tuple[str, ...]]:
+def _torch_load(data: bytes, device: str, *, weights_only: bool) -> tuple[object, tuple[str, ...]]:
     """Load, recording each storage's saved location tag while mapping it to ``device``."""
     tags: dict[str, None] = {}  # an ordered set, local to this call
 
@@ -306,13 +301,15 @@ def _torch_load(path: Path, device: str, *, weights_only: bool) -> tuple[object,
             storage, device
         )
 
-    loaded = torch.load(path, map_location=restore, weights_only=weights_only)
+    # BytesIO shares the bytes (no copy): what is loaded is exactly what was hashed and checked
+    loaded = torch.load(io.BytesIO(data), map_location=restore, weights_only=weights_only)
     return loaded, tuple(tags)
 
 
-def _refusal(path: Path) -> str:
+def _refusal(whole: WholeFile) -> str:
+    path = whole.path
     try:  # a static scan of the pickle's globals: nothing is executed
-        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(whole.data)))
     except Exception:  # legacy-format files cannot be scanned; the refusal stands without names
         names = []
     needs = f" (it references {', '.join(names[:_SHOWN])})" if names else ""

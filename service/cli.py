@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import math
+import resource
 import signal
 import sys
 import threading
@@ -24,7 +25,7 @@ from service.config import ServeConfig, config_path_from_env, load_config
 from service.devices import available_cores
 from service.errors import ServeError
 from service.logs import configure_logging
-from service.protocol import bounded_protocol
+from service.protocol import PROBE_RESERVE, bounded_protocol, connection_cap
 from service.runtime import Runtime
 
 log = logging.getLogger("service")
@@ -115,20 +116,47 @@ def serve(config_path: Path | None, *, host: str, port: int, grpc_port: int | st
             server.should_exit = True
 
     app = create_app(config, on_fatal=on_fatal, grpc_host=host)
+    limits = config.server
+    max_connections = connection_cap(limits.max_connections, _raise_descriptor_limit())
+    lowered = limits.max_connections and max_connections < limits.max_connections
+    log.log(
+        logging.WARNING if lowered else logging.INFO,
+        "serving at most %d connections (+%d for health probes)%s",
+        max_connections,
+        PROBE_RESERVE,
+        f", not {limits.max_connections}: too few descriptors" if lowered else "",
+    )
     uvicorn_config = uvicorn.Config(
         app,
-        http=bounded_protocol(config.server.max_header_bytes),
+        http=bounded_protocol(limits.max_header_bytes, limits.header_timeout_s, max_connections),
         host=host,
         port=port,
         access_log=False,
         log_config=None,
         # a second more than the drain grace: requests still waiting then are answered 503 first
         timeout_graceful_shutdown=math.ceil(config.server.drain_grace_s) + 1,
-        timeout_keep_alive=30,
+        timeout_keep_alive=limits.keep_alive_timeout_s,
     )
     server = DrainingServer(uvicorn_config, app.state.runtime)
     server.run()
     return 1 if failures else 0
+
+
+def _raise_descriptor_limit() -> int:
+    """Raise the soft open-file limit to the hard one (each connection holds a descriptor; 1024,
+    a common default, refused every new client under a few hundred idle sockets); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+    if soft == resource.RLIM_INFINITY:
+        log.info("open-file limit: unlimited")
+        return 1 << 20
+    log.info("open-file limit: %d (hard %d)", soft, hard)
+    return soft
 
 
 class DrainingServer(uvicorn.Server):

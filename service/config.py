@@ -154,6 +154,15 @@ class ServerSpec(_Frozen):
         20 * 1024 * 1024, ge=1024, description="request body limit, checked while streaming; 413 above"
     )
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line + headers; 431 above")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request head must arrive within this of connect or the last answer"
+    )
+    keep_alive_timeout_s: int = Field(
+        5, ge=1, description="an idle keep-alive connection is closed after this (uvicorn's, whole seconds)"
+    )
+    max_connections: int | None = Field(
+        None, ge=1, description="open connections served; above, 503 except probes; default 2048"
+    )
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="pixels per image, checked before decoding; 413 above"
     )
@@ -269,6 +278,9 @@ def build_config(
 _SERVER_ENV = {
     "MAX_BODY_BYTES": "max_body_bytes",
     "MAX_HEADER_BYTES": "max_header_bytes",
+    "HEADER_TIMEOUT_S": "header_timeout_s",
+    "KEEP_ALIVE_TIMEOUT_S": "keep_alive_timeout_s",
+    "MAX_CONNECTIONS": "max_connections",
     "MAX_IMAGE_PIXELS": "max_image_pixels",
     "MAX_IMAGES_PER_REQUEST": "max_images_per_request",
     "REQUEST_TIMEOUT_S": "request_timeout_s",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from service.checkpoint import (
     load_weights,
     match_state_dict,
     read_checkpoint,
+    read_verified,
     shared_prefixes,
 )
 from service.errors import CheckpointError
@@ -331,7 +333,7 @@ def test_bad_files_are_clear_errors(kind: str, tmp_path: Path, make_net: NetFact
 def test_missing_file_and_directory(tmp_path: Path, make_net: NetFactory) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         load_weights(make_net(seed=0), tmp_path / "nope.pt")
-    with pytest.raises(CheckpointError, match="is not a file"):
+    with pytest.raises(CheckpointError, match=r"is not a file \(it is a directory\)"):
         read_checkpoint(tmp_path)
 
 
@@ -383,3 +385,137 @@ def test_loads_onto_cuda0_whatever_the_saved_device(
     load_weights(fresh, path, device="cuda:0")
     assert {str(t.device) for t in fresh.state_dict().values()} == {"cuda:0"}
     torch.testing.assert_close(fresh(images.cuda()).cpu(), source(images))
+
+
+# Whole files only: torn writes, digests beside the file, and paths that must never be opened.
+
+
+def _two_saves(tmp_path: Path, make_net: NetFactory) -> tuple[bytes, bytes]:
+    """The bytes of two torch.save files of one architecture, different weights, same layout."""
+    old, new = tmp_path / "old" / "torn.pt", tmp_path / "new" / "torn.pt"  # same record names
+    old.parent.mkdir(), new.parent.mkdir()
+    torch.save(make_net(seed=0).state_dict(), old)
+    torch.save(make_net(seed=1).state_dict(), new)
+    assert len(old.read_bytes()) == len(new.read_bytes())
+    return old.read_bytes(), new.read_bytes()
+
+
+@pytest.mark.parametrize("fraction", [0.45, 0.7, 0.95])  # in the tensors, after them, in the zip index
+def test_a_file_overwritten_in_place_halfway_is_refused(
+    fraction: float, tmp_path: Path, make_net: NetFactory
+) -> None:
+    """The new file's first bytes over the old one's rest: torch.load alone would load the mix."""
+    old, new = _two_saves(tmp_path, make_net)
+    cut = int(len(new) * fraction)
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes(new[:cut] + old[cut:])
+    assert torn.read_bytes() not in (old, new)
+    torch.load(torn, weights_only=True)  # the mix loads without complaint: what this guards
+    with pytest.raises(CheckpointError, match=r"torn\.pt is not a whole torch checkpoint.*CRC"):
+        read_verified(torn)
+
+
+def test_a_file_cut_short_is_refused_as_not_whole(tmp_path: Path, make_net: NetFactory) -> None:
+    _, new = _two_saves(tmp_path, make_net)
+    short = tmp_path / "short.pt"
+    for cut in (len(new) // 2, len(new) - 10):
+        short.write_bytes(new[:cut])
+        with pytest.raises(CheckpointError, match=r"not a whole torch checkpoint \(truncated or corrupt"):
+            read_verified(short)
+
+
+def test_a_zip_saved_without_crcs_still_loads(
+    tmp_path: Path, make_net: NetFactory, images: torch.Tensor
+) -> None:
+    source = make_net(seed=0)
+    path = tmp_path / "nocrc.pt"
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(source.state_dict(), path)
+    finally:
+        torch.serialization.set_crc32_options(True)
+    fresh = make_net(seed=1)
+    load_weights(fresh, path)
+    assert torch.equal(fresh(images), source(images))
+
+
+def test_safetensors_with_a_short_or_long_data_section_is_refused(
+    tmp_path: Path, make_net: NetFactory
+) -> None:
+    path = tmp_path / "model.safetensors"
+    save_file(make_net(seed=0).state_dict(), path)
+    whole = path.read_bytes()
+    data_bytes = len(whole) - 8 - int.from_bytes(whole[:8], "little")
+    for change in (-4, 4):
+        path.write_bytes(whole[:-4] if change < 0 else whole + b"\0" * 4)
+        expected = f"tensor data but the file holds {data_bytes + change} "
+        with pytest.raises(
+            CheckpointError, match=f"as safetensors: its header describes {data_bytes} .*{expected}"
+        ):
+            read_verified(path)
+
+
+def _sidecar(path: Path, text: str) -> None:
+    path.with_name(path.name + ".sha256").write_text(text)
+
+
+def test_a_matching_sha256_file_loads_in_every_sha256sum_form(tmp_path: Path, make_net: NetFactory) -> None:
+    path = tmp_path / "model.pt"
+    torch.save(make_net(seed=0).state_dict(), path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    for text in (digest, f"{digest}  model.pt\n", f"{digest.upper()} *model.pt\n", f"\\{digest}  a\\nb\n"):
+        _sidecar(path, text)
+        assert read_verified(path)[1] == digest[:12]
+
+
+def test_a_sha256_mismatch_names_both_digests(tmp_path: Path, make_net: NetFactory) -> None:
+    path = tmp_path / "model.pt"
+    torch.save(make_net(seed=0).state_dict(), path)
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    wrong = hashlib.sha256(b"another file").hexdigest()
+    _sidecar(path, f"{wrong}  model.pt\n")
+    for load in (read_verified, read_checkpoint, lambda p: load_weights(make_net(seed=1), p)):
+        with pytest.raises(CheckpointError) as caught:
+            load(path)
+        message = caught.value.message
+        assert f"SHA-256 is {actual[:12]}" in message and f"says {wrong[:12]}" in message, message
+        assert "model.pt.sha256" in message
+
+
+@pytest.mark.parametrize("text", ["", "not a digest\n", "abc123  model.pt\n", "SHA256 (model.pt) = 00"])
+def test_a_malformed_sha256_file_is_refused(text: str, tmp_path: Path, make_net: NetFactory) -> None:
+    path = tmp_path / "model.pt"
+    torch.save(make_net(seed=0).state_dict(), path)
+    _sidecar(path, text)
+    with pytest.raises(CheckpointError, match="is not a SHA-256 digest in sha256sum format"):
+        read_verified(path)
+
+
+def _refused_quickly(read: Callable[[], object], fifo: Path, match: str) -> None:
+    """``read`` raises CheckpointError(match) within seconds; run in a thread so that a read
+    blocked on ``fifo`` fails the test (and is then unblocked) instead of hanging it."""
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(read)
+        try:
+            error = future.exception(timeout=5)
+        finally:
+            if not future.done():  # an open blocked waiting for a writer: be that writer
+                with fifo.open("wb"):
+                    pass
+    assert isinstance(error, CheckpointError), error
+    assert match in error.message, error.message
+
+
+@pytest.mark.parametrize("read", [read_verified, read_checkpoint, checkpoint_version])
+def test_a_fifo_is_refused_without_blocking(read: Callable[[Path], object], tmp_path: Path) -> None:
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    _refused_quickly(lambda: read(fifo), fifo, "is not a file (it is a FIFO)")
+
+
+def test_a_fifo_as_the_sha256_file_is_refused_without_blocking(tmp_path: Path, make_net: NetFactory) -> None:
+    path = tmp_path / "model.pt"
+    torch.save(make_net(seed=0).state_dict(), path)
+    fifo = tmp_path / "model.pt.sha256"
+    os.mkfifo(fifo)
+    _refused_quickly(lambda: read_verified(path), fifo, "model.pt.sha256 is not a file (it is a FIFO)")
