@@ -5,10 +5,12 @@ Probing happens when a model is built, never at import.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -75,8 +77,29 @@ class CoreShare:
 
 
 def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, not the machine's total)."""
+    """CPU cores this process may use: its affinity mask, capped by a cgroup CPU quota (a
+    Kubernetes CPU limit), since a pod on a 64-core node with ``limits.cpu: 2`` sees all 64
+    cores in its mask but is throttled to 2."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, math.floor(quota))) if quota is not None else cores
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by the cgroup's CFS quota (v2 ``cpu.max``, or v1), None when unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None

@@ -8,11 +8,13 @@ bounded in parts.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from contextlib import ExitStack
 
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
+from service.budget import Budget
 from service.errors import (
     BadImage,
     ClientGone,
@@ -25,15 +27,19 @@ MAX_TOP_K = 1000
 IMAGE_TYPES = "image/png, image/jpeg, image/webp, image/bmp, image/gif, image/tiff"
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, budget: Budget, held: ExitStack) -> bytes:
     """The whole body, or ``TooLarge`` as soon as it passes ``limit`` bytes (the caller bounds
-    the time: a client trickling bytes would hold a connection and memory)."""
+    the time: a client trickling bytes would hold a connection and memory).
+
+    Its bytes are reserved on the process-wide ``budget`` before they are held (a declared
+    length at once, a chunked body chunk by chunk), until ``held`` closes."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise BadImage(f"Content-Length {declared!r} is not a number")
         if int(declared) > limit:
             raise TooLarge(f"the body is {declared} bytes; at most {limit} are accepted")
+        held.enter_context(budget.reserve(int(declared)))
     chunks: list[bytes] = []
     size = 0
     try:
@@ -41,6 +47,8 @@ async def read_body(request: Request, limit: int) -> bytes:
             size += len(chunk)
             if size > limit:
                 raise TooLarge(f"the body is over the limit of {limit} bytes")
+            if declared is None:
+                held.enter_context(budget.reserve(len(chunk)))
             chunks.append(chunk)
     except ClientDisconnect:
         raise ClientGone("the client disconnected during the upload") from None

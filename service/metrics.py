@@ -25,7 +25,8 @@ from prometheus_client.registry import Collector
 
 PREFIX = "model_serve_"
 UNKNOWN_MODEL = "_unknown"
-RELOAD_OUTCOMES = ("success", "failure", "rollback")
+RELOAD_OUTCOMES = ("success", "unchanged", "failure", "rollback")
+FAILED_BATCH_REASONS = ("exception", "non_finite_output")  # others appear when they happen
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -78,7 +79,7 @@ class Metrics:
         )
         self.decode_duration = Histogram(
             f"{PREFIX}decode_duration_seconds",
-            "Decode time on the request path (CPU replicas decode large images in the batch: inference).",
+            "Time to open and decode one request's images (inline when tiny, else in the worker pool).",
             ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
@@ -158,6 +159,8 @@ class ModelMetrics:
         if model != UNKNOWN_MODEL:
             for outcome in RELOAD_OUTCOMES:
                 metrics.reloads.labels(model, outcome)
+            for reason in FAILED_BATCH_REASONS:
+                metrics.failed_batches.labels(model, reason)
 
     def answered(self, code: int, duration_s: float) -> None:
         counter = self._codes.get(code)

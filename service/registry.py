@@ -22,6 +22,7 @@ import torch
 
 from service.architecture import build_model
 from service.batching import DynamicBatcher
+from service.budget import Budget
 from service.checkpoint import install, read_verified
 from service.config import ModelSpec, ServeConfig
 from service.devices import CoreShare, available_cores, resolve_devices
@@ -42,6 +43,7 @@ class Registry:
         self.config = config
         self.metrics = metrics
         self.workers = workers
+        self.pixel_budget = Budget(config.server.max_inflight_pixels, unit="decoded pixels")
         self.models: dict[str, ServedModel] = {}
         self.started = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -171,7 +173,15 @@ class Registry:
         metrics.track_queue(lambda: batcher.depth)
         metrics.set_queue_capacity(spec.batching.max_queue_size)
         return ServedModel(
-            name, spec, task_for(spec), batcher, replicas, metrics, self.config.server, self.workers
+            name,
+            spec,
+            task_for(spec),
+            batcher,
+            replicas,
+            metrics,
+            self.config.server,
+            self.workers,
+            self.pixel_budget,
         )
 
     async def _load_and_warm(

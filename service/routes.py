@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from contextlib import ExitStack
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -77,13 +78,14 @@ async def _predict(runtime: Runtime, request: Request, served: ServedModel) -> R
     wants = Wants(top_k=parse_top_k(request.query_params.get("top_k")))
     server = runtime.config.server
     uploading = True
-    try:  # one deadline (one timer) for the upload and the prediction
+    try:  # one deadline (one timer) for the upload and the prediction; the body held until the answer
         async with asyncio.timeout(server.request_timeout_s):
-            body = await read_body(request, server.max_body_bytes)
-            uploading = False
-            blobs = await image_blobs(request, body, max_images=server.max_images_per_request)
-            jobs = await served.prepare(blobs, wants)
-            outputs = await _await_outputs(served.submit(jobs, version), request)
+            with ExitStack() as held:
+                body = await read_body(request, server.max_body_bytes, runtime.body_budget, held)
+                uploading = False
+                blobs = await image_blobs(request, body, max_images=server.max_images_per_request)
+                jobs = await served.prepare(blobs, wants)
+                outputs = await _await_outputs(served.submit(jobs, version), request)
     except TimeoutError:
         if uploading:
             raise SlowUpload(f"the body did not arrive within {server.request_timeout_s:g} s") from None

@@ -6,6 +6,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from service.budget import Budget
 from service.config import ServeConfig
 from service.errors import NotReady
 from service.metrics import UNKNOWN_MODEL, Metrics, ModelMetrics
@@ -25,10 +26,12 @@ class Runtime:
     startup_error: BaseException | None = None
     loop: asyncio.AbstractEventLoop | None = None
     grpc_port: int | None = None  # the bound gRPC port, once listening
+    body_budget: Budget = field(init=False)  # request body bytes held by all requests at once
     unknown_model_metrics: ModelMetrics = field(init=False)
 
     def __post_init__(self) -> None:
         self.unknown_model_metrics = self.metrics.for_model(UNKNOWN_MODEL)
+        self.body_budget = Budget(self.config.server.max_inflight_body_bytes, unit="body bytes")
 
     def begin_drain(self) -> None:
         """Readiness turns 503 now; whatever is still waiting when the grace period ends is

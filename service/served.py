@@ -19,6 +19,7 @@ from typing import Any
 from PIL import Image
 
 from service.batching import DynamicBatcher
+from service.budget import Budget
 from service.config import ModelSpec, ServerSpec
 from service.decode import is_tiny, open_image, prepare_image
 from service.errors import NotFound, NotReady, ServeError
@@ -39,6 +40,7 @@ class ServedModel:
     metrics: ModelMetrics
     limits: ServerSpec
     workers: Executor
+    pixel_budget: Budget  # decoded pixels held by all models' requests at once
     active: ModelVersion | None = None
     previous: ModelVersion | None = None
     replicas_down: set[int] = field(default_factory=set)
@@ -75,10 +77,14 @@ class ServedModel:
         """Encoded images -> jobs at the model's input size (the header is checked first)."""
         started = time.monotonic()
         opened = [open_image(blob, max_pixels=self.limits.max_image_pixels) for blob in blobs]
-        if is_tiny(opened):  # cheaper than any thread hop
-            jobs = self._decode(opened, wants)
-        else:
-            jobs = await asyncio.get_running_loop().run_in_executor(self.workers, self._decode, opened, wants)
+        # Full-resolution pixels exist only while decoding, one image at a time (each is freed
+        # once resized): the largest is held against the process-wide budget until then.
+        with self.pixel_budget.reserve(max(image.size[0] * image.size[1] for image in opened)):
+            if is_tiny(opened):  # cheaper than any thread hop
+                jobs = self._decode(opened, wants)
+            else:
+                loop = asyncio.get_running_loop()
+                jobs = await loop.run_in_executor(self.workers, self._decode, opened, wants)
         self.metrics.decode_duration.observe(time.monotonic() - started)
         self.metrics.images_per_request.observe(len(jobs))
         return jobs

@@ -113,10 +113,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             raise NotReady("the server is draining; retry on another instance")
         version = served.pin(request.model_version or None)
         limits = self.runtime.config.server
-        parsed = InferRequest(request.id or None, _inputs(request), _outputs(request.outputs))
         try:
             async with asyncio.timeout(limits.request_timeout_s):
-                outputs = await infer(served, version, parsed, limits)
+                with self.runtime.body_budget.reserve(request.ByteSize()):
+                    parsed = InferRequest(request.id or None, _inputs(request), _outputs(request.outputs))
+                    outputs = await infer(served, version, parsed, limits)
         except TimeoutError:
             raise PredictionTimeout(f"no answer within {limits.request_timeout_s:g} s; retry later") from None
         return pb.ModelInferResponse(

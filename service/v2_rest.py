@@ -9,6 +9,7 @@ Errors are ``{"error": "message"}``.
 from __future__ import annotations
 
 import asyncio
+from contextlib import ExitStack
 from typing import Any
 
 import orjson
@@ -153,10 +154,11 @@ async def _infer(runtime: Runtime, request: Request, served: ServedModel, versio
     uploading = True
     try:
         async with asyncio.timeout(limits.request_timeout_s):
-            body = await read_body(request, limits.max_body_bytes)
-            uploading = False
-            parsed, binary_default = _parse(body, request.headers.get(HEADER_LENGTH))
-            outputs = await infer(served, pinned, parsed, limits)
+            with ExitStack() as held:
+                body = await read_body(request, limits.max_body_bytes, runtime.body_budget, held)
+                uploading = False
+                parsed, binary_default = _parse(body, request.headers.get(HEADER_LENGTH))
+                outputs = await infer(served, pinned, parsed, limits)
     except TimeoutError:
         if uploading:
             raise SlowUpload(f"the body did not arrive within {limits.request_timeout_s:g} s") from None

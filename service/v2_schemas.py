@@ -44,6 +44,25 @@ class V2InferResponse(BaseModel):
     outputs: list[V2Tensor]
 
 
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its ``$defs`` references replaced by the definitions themselves: the
+    route's body is documented through ``openapi_extra``, outside the spec's components."""
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(definitions[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
 def _error(description: str) -> dict[str, Any]:
     return {"model": V2Error, "description": description}
 
@@ -75,9 +94,7 @@ V2_INFER_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {
-                "schema": V2InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-            },
+            "application/json": {"schema": _inlined(V2InferRequest.model_json_schema())},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         },
     },

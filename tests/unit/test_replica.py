@@ -12,7 +12,7 @@ from PIL import Image
 
 from service.config import InputSpec, ModelSpec
 from service.decode import decode_image
-from service.devices import CoreShare
+from service.devices import CoreShare, cgroup_cpu_quota
 from service.errors import NonFiniteOutput
 from service.postprocess import ClassificationTask, Job, Wants
 from service.replica import DeviceModel, ModelVersion, Replica
@@ -114,3 +114,18 @@ def test_core_share_gives_all_cores_alone_and_splits_them_together() -> None:
             assert second == 2
     with share.claim() as again:
         assert again == 4
+
+
+def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path: Path) -> None:
+    """A Kubernetes CPU limit: 2 CPUs on a node whose affinity mask shows all of its cores."""
+    (tmp_path / "cpu.max").write_text("200000 100000\n")
+    assert cgroup_cpu_quota(tmp_path) == 2.0
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(tmp_path) is None
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("150000")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert cgroup_cpu_quota(tmp_path) == 1.5
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1")
+    assert cgroup_cpu_quota(tmp_path) is None
