@@ -4,10 +4,12 @@ Repeats of one setting differ by 15-20% on a shared machine, so every target is 
 difference between figures taken in this same run, never a figure from another day. For each
 model: the raw pipeline (decode, forward, postprocess in one thread, the server's own
 functions), then the naive server and model-serve under wrk, interleaved per client count so
-that both see the same background load.
+that both see the same background load. Beside model-serve's ``/predict``, its v2 doors (binary
+REST under wrk, gRPC under ``load_tests/grpc_load.py``) for the digits model and resnet18.
 
     python load_tests/benchmark.py [--duration 10] [--clients 1,8,32] [--threads N]
-                                   [--models digits,shapes,resnet18] [--out reports/] [--strict]
+                                   [--models digits,shapes,resnet18] [--v2-clients 1,32]
+                                   [--out reports/] [--strict]
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
+import orjson
 import torch
 import torchvision
 import yaml
 from PIL import Image
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from models.demo import CHECKPOINT_DIR, DIGITS, SAMPLES_DIR, SHAPES, DemoModel
 from service.config import ServeConfig, load_config
@@ -41,19 +46,32 @@ from service.devices import available_cores
 from service.postprocess import Classification, Job, Segmentation, task_for
 
 try:
+    from load_tests.grpc_load import image_request, run_grpc_load
     from load_tests.naive_server import load_model
-    from load_tests.report import NAIVE, SERVE, Load, RawResult, compute_targets, write_report
+    from load_tests.report import NAIVE, SERVE, Load, RawResult, Target, compute_targets, write_report
     from load_tests.server_process import free_port
-    from load_tests.wrk import INSTALL_HINT, find_wrk, run_wrk, write_script
+    from load_tests.wrk import INSTALL_HINT, WrkResult, find_wrk, run_wrk, write_script
 except ModuleNotFoundError:  # run as `python load_tests/benchmark.py`: only load_tests/ is on the path
+    from grpc_load import image_request, run_grpc_load  # type: ignore[no-redef]
     from naive_server import load_model  # type: ignore[no-redef]
-    from report import NAIVE, SERVE, Load, RawResult, compute_targets, write_report  # type: ignore[no-redef]
+    from report import (  # type: ignore[no-redef]
+        NAIVE,
+        SERVE,
+        Load,
+        RawResult,
+        Target,
+        compute_targets,
+        write_report,
+    )
     from server_process import free_port  # type: ignore[no-redef]
-    from wrk import INSTALL_HINT, find_wrk, run_wrk, write_script  # type: ignore[no-redef]
+    from wrk import INSTALL_HINT, WrkResult, find_wrk, run_wrk, write_script  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = {NAIVE: ["load_tests.naive_server"], SERVE: ["service.cli", "serve"]}
 READY_TIMEOUT_S = 180
+# model-serve's v2 doors, measured beside its /predict for these models
+V2_REST, V2_GRPC = "model-serve v2 REST binary", "model-serve v2 gRPC"
+V2_MODELS = ("digits", "resnet18")
 
 Result = Classification | Segmentation
 
@@ -217,10 +235,19 @@ def measure_raw(
 # --- the servers under load ----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Served:
+    """A running server: its HTTP URL, and its v2 gRPC address (model-serve only)."""
+
+    url: str
+    grpc_address: str | None
+
+
 @contextlib.contextmanager
-def serving(system: str, config_path: Path, folder: Path) -> Iterator[str]:
-    """A server subprocess on a free loopback port, ready; stopped by its own PID afterwards."""
+def serving(system: str, config_path: Path, folder: Path) -> Iterator[Served]:
+    """A server subprocess on free loopback ports, ready; stopped by its own PID afterwards."""
     port = free_port()
+    grpc_port = free_port() if system == SERVE else None
     # the config alone decides: no MODEL_SERVE_* override from the caller's environment
     env = {key: value for key, value in os.environ.items() if not key.startswith("MODEL_SERVE_")}
     log_path = folder / f"{system}.log"
@@ -234,13 +261,14 @@ def serving(system: str, config_path: Path, folder: Path) -> Iterator[str]:
         "127.0.0.1",
         "--port",
         str(port),
+        *(["--grpc-port", str(grpc_port)] if grpc_port is not None else []),
     ]
     with log_path.open("wb") as output:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
             wait_ready(url, process, log_path)
-            yield url
+            yield Served(url, f"127.0.0.1:{grpc_port}" if grpc_port is not None else None)
         finally:
             process.terminate()
             try:
@@ -296,6 +324,92 @@ def check_answer(system: str, url: str, name: str, body: bytes, expected: Result
     log(f"{system} {name}: answer matches the in-process one")
 
 
+def write_v2_body(name: str, image: Path, folder: Path) -> tuple[Path, int]:
+    """The binary v2 REST request for one image (JSON header, then the length-prefixed file),
+    every output answered in binary; and the header's length."""
+    blob = image.read_bytes()
+    section = len(blob).to_bytes(4, "little") + blob
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "parameters": {"binary_data_size": len(section)},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    path = folder / f"{name}.v2"
+    path.write_bytes(header + section)
+    return path, len(header)
+
+
+def write_v2_script(folder: Path, header_length: int, name: str) -> Path:
+    """wrk's script with the binary extension's header (the JSON part's length) added."""
+    base = write_script(folder).read_text()
+    marker = 'wrk.headers["Content-Type"] = content_type'
+    if marker not in base:
+        raise RuntimeError("load_tests/wrk.py's script no longer sets the Content-Type header as expected")
+    extra = f'\n  wrk.headers["Inference-Header-Content-Length"] = "{header_length}"'
+    path = folder / f"post_v2_{name}.lua"
+    path.write_text(base.replace(marker, marker + extra))
+    return path
+
+
+def check_v2_answers(
+    served: Served, name: str, image: Path, body: Path, header_length: int, expected: Result
+) -> None:
+    """One binary REST and one gRPC inference: a 200 whose class is the in-process answer."""
+    if not isinstance(expected, Classification):
+        raise RuntimeError(f"v2 rows are measured for classification models only, not {name}")
+    response = httpx.post(
+        f"{served.url}/v2/models/{name}/infer",
+        content=body.read_bytes(),
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(header_length),
+        },
+        timeout=60,
+    )
+    if response.status_code != 200:
+        raise RuntimeError(f"v2 REST {name}: {response.status_code} {response.text[:300]}")
+    length = int(response.headers["Inference-Header-Content-Length"])
+    described = orjson.loads(response.content[:length])["outputs"]
+    offset, rest_class = length, -1
+    for output in described:  # the sections follow in output order
+        size = output["parameters"]["binary_data_size"]
+        if output["name"] == "class_index":
+            rest_class = int(np.frombuffer(response.content[offset : offset + size], "<i8")[0])
+        offset += size
+    if rest_class != expected.indices[0]:
+        raise RuntimeError(f"v2 REST {name}: class {rest_class}, in-process {expected.indices[0]}")
+    assert served.grpc_address is not None
+    with grpc.insecure_channel(served.grpc_address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        answer = stub.ModelInfer(image_request(name, image.read_bytes()), timeout=60)
+    names = [output.name for output in answer.outputs]
+    grpc_class = int(np.frombuffer(answer.raw_output_contents[names.index("class_index")], "<i8")[0])
+    if grpc_class != expected.indices[0]:
+        raise RuntimeError(f"v2 gRPC {name}: class {grpc_class}, in-process {expected.indices[0]}")
+    log(f"v2 REST and gRPC {name}: answers match the in-process one")
+
+
+def v2_targets(load: Load) -> list[Target]:
+    """The v2 issue's targets: binary REST keeps up with /predict on resnet18 (the forward
+    dominates), gRPC at least matches it on digits (protocol overhead dominates)."""
+    found = []
+    for name, system, goal in (("resnet18", V2_REST, 0.95), ("digits", V2_GRPC, 1.0)):
+        if (name, system, 32) in load and (name, SERVE, 32) in load:
+            ratio = load[name, system, 32].rps / load[name, SERVE, 32].rps
+            found.append(
+                Target(f"{name} 32 clients: {system} / /predict", ratio, "x", f">= {goal}", ratio >= goal)
+            )
+    return found
+
+
 def measure_servers(
     config_path: Path,
     folder: Path,
@@ -303,34 +417,73 @@ def measure_servers(
     expected: dict[str, Result],
     clients: Sequence[int],
     seconds: int,
+    v2_clients: Sequence[int] = (),
 ) -> Load:
     """Both servers up at once and checked, then loaded in turn: each naive / model-serve pair
-    of runs is adjacent in time, so background load on a shared machine hits both alike."""
+    of runs is adjacent in time, so background load on a shared machine hits both alike; so are
+    model-serve's v2 runs (at ``v2_clients``, for ``V2_MODELS``), right after its /predict run."""
     script = write_script(folder)
     results: Load = {}
+    v2 = {name: write_v2_body(name, path, folder) for name, path in images.items() if name in V2_MODELS}
     with contextlib.ExitStack() as stack:
-        urls = {system: stack.enter_context(serving(system, config_path, folder)) for system in SERVERS}
-        for system, url in urls.items():
+        servers = {system: stack.enter_context(serving(system, config_path, folder)) for system in SERVERS}
+        for system, served in servers.items():
             for name, path in images.items():
-                check_answer(system, url, name, path.read_bytes(), expected[name])
+                check_answer(system, served.url, name, path.read_bytes(), expected[name])
+        for name, (body, header_length) in v2.items():
+            check_v2_answers(servers[SERVE], name, images[name], body, header_length, expected[name])
         for name, path in images.items():
             for count in clients:
-                for system, url in urls.items():
+                for system, served in servers.items():
                     result = run_wrk(
-                        f"{url}/predict?model={name}",
+                        f"{served.url}/predict?model={name}",
                         script,
                         path,
                         BENCHES[name].content_type,
                         clients=count,
                         seconds=seconds,
                     )
-                    results[name, system, count] = result
-                    settle(url)
-                    log(
-                        f"{system} {name} c={count}: {result.rps:,.1f} img/s p50 {result.p50_ms:.2f} ms "
-                        f"p99 {result.p99_ms:.2f} ms errors {result.errors}"
-                    )
+                    record(results, (name, system, count), result, served.url)
+                if name in v2 and count in v2_clients:
+                    measure_v2(results, servers[SERVE], name, path, v2[name], folder, count, seconds)
     return results
+
+
+def measure_v2(
+    results: Load,
+    served: Served,
+    name: str,
+    image: Path,
+    body: tuple[Path, int],
+    folder: Path,
+    count: int,
+    seconds: int,
+) -> None:
+    """model-serve's binary v2 REST (wrk) and gRPC (``grpc_load`` in its own process) runs."""
+    path, header_length = body
+    rest = run_wrk(
+        f"{served.url}/v2/models/{name}/infer",
+        write_v2_script(folder, header_length, name),
+        path,
+        "application/octet-stream",
+        clients=count,
+        seconds=seconds,
+    )
+    record(results, (name, V2_REST, count), rest, served.url)
+    assert served.grpc_address is not None
+    remote = run_grpc_load(served.grpc_address, name, image, clients=count, seconds=seconds)
+    record(results, (name, V2_GRPC, count), remote, served.url)
+
+
+def record(results: Load, key: tuple[str, str, int], result: WrkResult, url: str) -> None:
+    """Keeps and logs one run, then lets the server settle before the next."""
+    results[key] = result
+    settle(url)
+    name, system, count = key
+    log(
+        f"{system} {name} c={count}: {result.rps:,.1f} img/s p50 {result.p50_ms:.2f} ms "
+        f"p99 {result.p99_ms:.2f} ms errors {result.errors}"
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -338,6 +491,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (raw: a fifth)")
     parser.add_argument("--clients", default="1,8,32", help="comma-separated wrk connection counts")
     parser.add_argument("--models", default=",".join(BENCHES), help=f"comma-separated, of {list(BENCHES)}")
+    parser.add_argument(
+        "--v2-clients",
+        default="1,32",
+        help=f"client counts (of --clients) of the v2 REST and gRPC runs, for {list(V2_MODELS)}",
+    )
     parser.add_argument("--out", type=Path, default=Path("reports"))
     parser.add_argument(
         "--threads",
@@ -348,6 +506,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     args.clients = [int(count) for count in args.clients.split(",")]
+    args.v2_clients = [int(count) for count in args.v2_clients.split(",") if count]
     args.models = args.models.split(",")
     unknown = set(args.models) - set(BENCHES)
     if unknown:
@@ -387,8 +546,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
         }
         raw, expected = measure_raw(config, bodies, args.duration / 5, args.threads)
-        load = measure_servers(config_path, folder, images, expected, args.clients, args.duration)
-    targets = compute_targets(raw, load)
+        load = measure_servers(
+            config_path, folder, images, expected, args.clients, args.duration, args.v2_clients
+        )
+    targets = compute_targets(raw, load) + v2_targets(load)
     print(write_report(args.out, settings, raw, load, targets))
     return 1 if args.strict and not all(target.passed for target in targets) else 0
 

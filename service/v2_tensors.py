@@ -84,7 +84,11 @@ def from_json_data(name: str, datatype: str, shape: tuple[int, ...], data: Any) 
         )
     if datatype == "BYTES":
         return InputTensor(name, datatype, shape, [_base64(name, value) for value in flat])
-    if any(isinstance(value, str | bytes | list | dict) or value is None for value in flat):
+    if datatype == "BOOL":
+        if not all(isinstance(value, bool) for value in flat):
+            raise BadRequest(f"input {name!r}: BOOL data must be true or false")
+    elif any(isinstance(value, str | bytes | list | dict | bool) or value is None for value in flat):
+        # a JSON true is no number: numpy would take it as 1 and answer for a wrong input
         raise BadRequest(f"input {name!r}: {datatype} data must be numbers")
     try:
         values = np.asarray(flat, dtype=_numpy_type(name, datatype)).reshape(shape)
