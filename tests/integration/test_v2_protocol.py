@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -637,3 +639,22 @@ def test_predict_rest_and_grpc_requests_share_one_batch(slow_server: SlowServer)
         assert not isinstance(answers[name], BaseException), (name, answers[name])
         np.testing.assert_allclose(answers[name], expected[index], rtol=0, atol=1e-5, err_msg=name)
     assert _batches_of_at_least_three(url) - before >= 1, "the three doors' requests ran in separate batches"
+
+
+def test_the_readme_tritonclient_example_runs_as_written(demo_server: ServerProcess) -> None:
+    """The README's v2 example, pointed at this server's ports, prints the digit's class."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Open Inference Protocol (v2)", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    example = example.replace("127.0.0.1:8000", demo_server.url.removeprefix("http://"))
+    example = example.replace("127.0.0.1:8081", demo_server.grpc_address)
+    printed = subprocess.run(
+        [sys.executable, "-c", example],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()
+    assert printed[0].startswith("[[b'") and ":7:7'" in printed[0]
+    assert printed[1].endswith("True")
