@@ -18,6 +18,7 @@ from typing import Any
 
 from PIL import Image
 
+from service.batch_cap import BatchCost
 from service.batching import DynamicBatcher
 from service.config import ModelSpec, ServerSpec
 from service.decode import is_tiny, open_image, prepare_image
@@ -39,6 +40,7 @@ class ServedModel:
     metrics: ModelMetrics
     limits: ServerSpec
     workers: Executor
+    cost: BatchCost | None = None  # the batch cap's measurements (batching.adaptive)
     active: ModelVersion | None = None
     previous: ModelVersion | None = None
     replicas_down: set[int] = field(default_factory=set)
@@ -109,7 +111,10 @@ class ServedModel:
                 {"device": replica.device_key, "batches": replica.batches_served, "busy": replica.busy}
                 for replica in self.replicas
             ],
-            "batching": self.spec.batching.model_dump(),
+            "batching": {**self.spec.batching.model_dump(), "cap": self.batcher.cap},
+            "precision": self.spec.precision,
+            "channels_last": self.spec.channels_last,
+            "compile": self.spec.compile,
             "input": self.spec.input.model_dump(),
             "labels": list(self.spec.labels) if self.spec.labels else None,
             "loaded_at": _iso(active.loaded_at) if active else None,
