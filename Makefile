@@ -14,7 +14,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 TORCH_INDEX ?=
 
-.PHONY: serve test lint bench loadtest train-demo docs clean
+.PHONY: serve test lint bench gpu-check loadtest train-demo docs clean
 
 $(BIN)/.installed: pyproject.toml
 	@echo "model-serve: installing into $(VENV) (the first run takes a few minutes)"
@@ -37,6 +37,10 @@ lint: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python load_tests/benchmark.py
+
+# GPU tests and a GPU benchmark (under 8 minutes); without CUDA it says so and exits 0
+gpu-check: $(BIN)/.installed
+	$(BIN)/python load_tests/gpu_check.py --out reports/gpu-check
 
 loadtest: $(BIN)/.installed
 	$(BIN)/python load_tests/run_locust.py --users 20 --duration 30 --max-p99-ms 2000

@@ -97,6 +97,7 @@ class DynamicBatcher(Generic[PayloadT, TagT]):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_batch_size = max_batch_size
+        self.cap = max_batch_size  # the most items one batch takes now (``limit_to``)
         self.max_delay_s = max_delay_s
         self.max_queue_size = max_queue_size
         self._clock = clock
@@ -107,6 +108,10 @@ class DynamicBatcher(Generic[PayloadT, TagT]):
     def depth(self) -> int:
         """Images waiting (including ones whose caller has gone and that will be skipped)."""
         return len(self._queue)
+
+    def limit_to(self, cap: int) -> None:
+        """Batches take at most ``cap`` items from now on (within 1..``max_batch_size``)."""
+        self.cap = max(1, min(cap, self.max_batch_size))
 
     def submit(self, payloads: Sequence[PayloadT], tag: TagT) -> asyncio.Future[list[Any]]:
         """Queues one request's items; the future resolves to their outputs in order."""
@@ -150,16 +155,16 @@ class DynamicBatcher(Generic[PayloadT, TagT]):
     def _take(self) -> Batch[PayloadT, TagT]:
         batch: Batch[PayloadT, TagT] = Batch(self._queue[0].tag)
         queue = self._queue
-        while queue and len(batch.items) < self.max_batch_size and queue[0].tag is batch.tag:
+        while queue and len(batch.items) < self.cap and queue[0].tag is batch.tag:
             item = queue.popleft()
             if not item.ticket.future.done():
                 batch.items.append(item)
         return batch
 
     async def _wait_to_fill(self) -> None:
-        """Delay mode: wait until a full batch is queued or the oldest item's delay ran out."""
+        """Delay mode: wait until a full batch (``cap``) is queued or the oldest item's delay ran out."""
         deadline = self._queue[0].enqueued_at + self.max_delay_s
-        while len(self._queue) < self.max_batch_size:
+        while len(self._queue) < self.cap:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return

@@ -86,6 +86,11 @@ class BatchingSpec(_Frozen):
         "this long to fill",
     )
     max_queue_size: int = Field(1024, ge=1, description="images queued before 503 queue_full")
+    adaptive: bool = Field(
+        True,
+        description="cap batches at the size with the best measured images/s (timed at warm-up, "
+        "refitted while serving); false: always up to max_batch_size",
+    )
 
     @property
     def max_delay_s(self) -> float:
@@ -136,6 +141,17 @@ class ModelSpec(_Frozen):
         ge=1,
         le=64,
         description="CPU replicas (devices cpu, or auto without a GPU); default: one per free core",
+    )
+    precision: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32",
+        description="the weights' dtype (cast once at load) and the inputs' (cast on the device); "
+        "softmax, argmax and scores stay float32",
+    )
+    channels_last: bool = Field(False, description="module and inputs in torch.channels_last memory format")
+    compile: Literal[False, "default", "reduce-overhead", "max-autotune"] = Field(
+        False,
+        description="torch.compile mode, compiled and warmed for every batch bucket (powers of two up "
+        "to max_batch_size, and max_batch_size) before the model is ready; false: eager",
     )
 
     @field_validator("architecture")

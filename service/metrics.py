@@ -51,6 +51,13 @@ class Metrics:
         self.batch_size = Histogram(
             f"{PREFIX}batch_size", "Images per forward.", ["model"], buckets=_BATCH_BUCKETS, registry=r
         )
+        self.batch_cap = Gauge(
+            f"{PREFIX}batch_cap",
+            "The most images one batch takes now: the measured best size (batching.adaptive), "
+            "at most batching.max_batch_size.",
+            ["model"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             f"{PREFIX}queue_depth", "Images waiting for a replica.", ["model"], registry=r
         )
@@ -185,6 +192,9 @@ class ModelMetrics:
 
     def track_queue(self, depth: Callable[[], float]) -> None:
         self._metrics.queue_depth.labels(self.model).set_function(depth)
+
+    def set_batch_cap(self, images: int) -> None:
+        self._metrics.batch_cap.labels(self.model).set(images)
 
     def set_queue_capacity(self, images: int) -> None:
         """The queue's bound, exported beside its depth so alerts can compare the two."""

@@ -15,22 +15,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
 
 from service.architecture import build_model
+from service.batch_cap import BatchCost, bucket_sizes
 from service.batching import DynamicBatcher
 from service.budget import Budget
 from service.checkpoint import install, read_verified
 from service.config import ModelSpec, ServeConfig
 from service.devices import CoreShare, available_cores, resolve_devices
-from service.errors import CheckpointError, InvalidParameter, NonFiniteOutput, NotFound, ServeError
+from service.errors import CheckpointError, InvalidParameter, NotFound, ServeError
 from service.metrics import Metrics
-from service.postprocess import Classification, Job, Segmentation, Wants, task_for
+from service.postprocess import Classification, Job, Segmentation, task_for
 from service.replica import DeviceModel, ModelVersion, Replica
 from service.served import ServedModel
+from service.warmup import warm_up
 from service.watcher import watch_checkpoint
 
 log = logging.getLogger(__name__)
@@ -74,7 +72,7 @@ class Registry:
                 self._keep_running(
                     f"replica-{served.name}-{replica.slot}-{replica.device_key}",
                     lambda served=served, replica=replica: replica.serve(  # type: ignore[misc]
-                        served.batcher, served.task, served.metrics
+                        served.batcher, served.task, served.metrics, served.cost
                     ),
                     down=served.replicas_down,
                     key=replica.slot,
@@ -172,6 +170,16 @@ class Registry:
         metrics = self.metrics.for_model(name)
         metrics.track_queue(lambda: batcher.depth)
         metrics.set_queue_capacity(spec.batching.max_queue_size)
+        metrics.set_batch_cap(batcher.cap)
+
+        def limit_to(cap: int) -> None:
+            batcher.limit_to(cap)
+            metrics.set_batch_cap(batcher.cap)
+
+        # a capped batch may take half the request deadline: one queued behind it still fits
+        deadline_s = self.config.server.request_timeout_s / 2
+        buckets = bucket_sizes(spec.batching.max_batch_size)
+        cost = BatchCost(buckets, deadline_s, on_cap=limit_to) if spec.batching.adaptive else None
         return ServedModel(
             name,
             spec,
@@ -182,6 +190,7 @@ class Registry:
             self.config.server,
             self.workers,
             self.pixel_budget,
+            cost=cost,
         )
 
     async def _load_and_warm(
@@ -193,16 +202,7 @@ class Registry:
         version = await asyncio.to_thread(_load_version, served.spec, checkpoint, served.replicas, unless)
         if version is None:
             return None
-        jobs = _warm_up_jobs(served.spec)
-        results: list[Any] = []
-        for replica in served.replicas:
-            try:
-                results = await asyncio.wrap_future(replica.submit(version, jobs, served.task))
-            except NonFiniteOutput:
-                raise CheckpointError(
-                    f"{checkpoint.name}: the warm-up forward on {replica.device_key} gave "
-                    "non-finite outputs (NaN or inf); the weights are not served"
-                ) from None
+        results = await warm_up(served, version)
         return replace(
             version,
             loaded_at=time.time(),
@@ -261,15 +261,6 @@ def _load_version(
         install(module, raw, replica.device)
         device_models.append(DeviceModel(module, spec, replica.device))
     return ModelVersion(version, checkpoint, time.time(), time.monotonic() - started, tuple(device_models))
-
-
-def _warm_up_jobs(spec: ModelSpec) -> list[Job]:
-    """A full batch of deterministic noise images, so the largest batch is known to fit."""
-    height, width = spec.input.size
-    rng = np.random.default_rng(0)
-    pixels = torch.from_numpy(rng.integers(0, 256, (height, width, spec.input.channels), dtype=np.uint8))
-    wants = Wants(top_k=1, probabilities=True, mask_png=False)
-    return [Job(pixels, (height, width), wants)] * spec.batching.max_batch_size
 
 
 def _classes(result: Classification | Segmentation) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from service.batch_cap import BatchCost, bucket_for, bucket_sizes
 from service.batching import Batch, DynamicBatcher
 from service.config import ModelSpec
 from service.devices import CoreShare
@@ -30,29 +31,74 @@ from service.postprocess import Job, Task, select_logits
 log = logging.getLogger(__name__)
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 class DeviceModel:
-    """A loaded module on its device, with the normalisation and output choice it needs."""
+    """A loaded module on its device, with the normalisation, options and output choice it needs.
+
+    The options are applied once, here: ``precision`` casts the weights (inputs are cast on the
+    device, after normalising in float32), ``channels_last`` sets the memory format of module
+    and inputs, ``compile`` wraps the module in ``torch.compile``. A compiled model only ever
+    sees bucket sizes (``bucket_sizes``) in one memory format, so warming each bucket before the
+    model is ready leaves nothing to compile while serving: a smaller batch is padded with
+    copies of its first row, whose outputs are dropped before postprocess.
+    """
 
     def __init__(self, module: torch.nn.Module, spec: ModelSpec, device: torch.device) -> None:
+        if spec.precision != "float32":
+            module = module.to(DTYPES[spec.precision])
+        if spec.channels_last:
+            module = module.to(memory_format=torch.channels_last)
         self.module = module
         self.device = device
         self.output_key = spec.output
         self.dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
         self.dtype = self.dtype or torch.float32
+        self.buckets = bucket_sizes(spec.batching.max_batch_size) if spec.compile else None
+        self._forward: Callable[[torch.Tensor], Any] = (
+            torch.compile(module, mode=spec.compile) if spec.compile else module
+        )
+        # compiled: one fixed layout, or a differently strided input would compile again
+        self._memory_format = (
+            torch.channels_last if spec.channels_last else torch.contiguous_format if spec.compile else None
+        )
         channels = spec.input.channels
         mean = torch.tensor(spec.input.mean, dtype=torch.float32).expand(channels)
         std = torch.tensor(spec.input.std, dtype=torch.float32).expand(channels)
-        # (x / 255 - mean) / std as one multiply-add on the device
-        self._scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1).to(device, self.dtype)
-        self._shift = (-mean / std).view(1, -1, 1, 1).to(device, self.dtype)
+        # (x / 255 - mean) / std as one multiply-add on the device; float32 for a float16 or
+        # bfloat16 model, whose 8- or 11-bit mantissa would round the pixels before the cast
+        self._normal_dtype = torch.float32 if self.dtype in (torch.float16, torch.bfloat16) else self.dtype
+        self._scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1).to(device, self._normal_dtype)
+        self._shift = (-mean / std).view(1, -1, 1, 1).to(device, self._normal_dtype)
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 [N, H, W, C] on this device -> the model's float input [N, C, H, W]."""
-        return pixels.permute(0, 3, 1, 2).to(self.dtype).mul_(self._scale).add_(self._shift)
+        return pixels.permute(0, 3, 1, 2).to(self._normal_dtype).mul_(self._scale).add_(self._shift)
+
+    def padded_size(self, count: int) -> int:
+        """The batch size the forward really runs for ``count`` inputs."""
+        return count if self.buckets is None else bucket_for(count, self.buckets)
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The model's input [N, C, H, W] on this device -> the logits tensor."""
-        return select_logits(self.module(inputs.to(self.dtype)), self.output_key)
+        """The model's input [N, C, H, W] on this device -> the logits tensor [N, ...]."""
+        inputs = inputs.to(self.dtype)
+        count = inputs.shape[0]
+        padded = self.padded_size(count)
+        if padded > count:
+            inputs = torch.cat([inputs, inputs[:1].expand(padded - count, *inputs.shape[1:])])
+        if self._memory_format is not None:
+            inputs = _in_layout(inputs, self._memory_format)
+        logits = select_logits(self._forward(inputs), self.output_key)
+        return logits[:count] if padded > count else logits
+
+
+def _in_layout(inputs: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """``inputs`` with exactly the strides ``memory_format`` gives its shape. Not merely
+    ``contiguous``: that accepts any stride on a size-1 dim (one channel), and a compiled
+    graph guards on the strides themselves, so two doors' layouts would compile twice."""
+    canonical = torch.empty(inputs.shape, device="meta", memory_format=memory_format).stride()
+    return inputs if inputs.stride() == canonical else inputs.clone(memory_format=memory_format)
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,9 +153,14 @@ class Replica:
         )
 
     async def serve(
-        self, batcher: DynamicBatcher[Job, ModelVersion], task: Task, metrics: ModelMetrics
+        self,
+        batcher: DynamicBatcher[Job, ModelVersion],
+        task: Task,
+        metrics: ModelMetrics,
+        cost: BatchCost | None = None,
     ) -> None:
-        """Pull and run batches until cancelled; every batch taken is settled or failed."""
+        """Pull and run batches until cancelled; every batch taken is settled or failed, and
+        each one served is a sample of ``cost`` (its size as run, padding included)."""
         loop = asyncio.get_running_loop()
         while True:
             batch = await batcher.next_batch()
@@ -128,11 +179,14 @@ class Replica:
                 continue
             finally:
                 self.busy = False
+            compute_s = time.monotonic() - started
             batch.settle(outputs)
             self.batches_served += 1
             metrics.observe_batch(
-                self.device_key, len(outputs), started - batch.oldest_enqueued_at, time.monotonic() - started
+                self.device_key, len(outputs), started - batch.oldest_enqueued_at, compute_s
             )
+            if cost is not None:
+                cost.add(batch.tag.device_models[self.slot].padded_size(len(outputs)), compute_s)
 
     def run(self, version: ModelVersion, jobs: Sequence[Job], task: Task) -> list[Any]:
         """Blocking: stage, forward and postprocess one batch on this thread.

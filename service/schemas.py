@@ -61,6 +61,9 @@ class ModelInfo(BaseModel):
     devices: list[str]
     replicas: list[ReplicaInfo]
     batching: dict[str, Any]
+    precision: str
+    channels_last: bool
+    compile: str | bool
     input: dict[str, Any]
     labels: list[str] | None
     loaded_at: str | None

@@ -18,6 +18,7 @@ from typing import Any
 
 from PIL import Image
 
+from service.batch_cap import BatchCost
 from service.batching import DynamicBatcher
 from service.budget import Budget
 from service.config import ModelSpec, ServerSpec
@@ -41,6 +42,7 @@ class ServedModel:
     limits: ServerSpec
     workers: Executor
     pixel_budget: Budget  # decoded pixels held by all models' requests at once
+    cost: BatchCost | None = None  # the batch cap's measurements (batching.adaptive)
     active: ModelVersion | None = None
     previous: ModelVersion | None = None
     replicas_down: set[int] = field(default_factory=set)
@@ -115,7 +117,10 @@ class ServedModel:
                 {"device": replica.device_key, "batches": replica.batches_served, "busy": replica.busy}
                 for replica in self.replicas
             ],
-            "batching": self.spec.batching.model_dump(),
+            "batching": {**self.spec.batching.model_dump(), "cap": self.batcher.cap},
+            "precision": self.spec.precision,
+            "channels_last": self.spec.channels_last,
+            "compile": self.spec.compile,
             "input": self.spec.input.model_dump(),
             "labels": list(self.spec.labels) if self.spec.labels else None,
             "loaded_at": _iso(active.loaded_at) if active else None,

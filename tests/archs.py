@@ -105,3 +105,55 @@ def raising_on_bright(*, kind: str, in_channels: int = 1, num_classes: int = 3) 
 
 def non_finite_on_bright(*, in_channels: int = 1, num_classes: int = 3) -> nn.Module:
     return NonFiniteOnBright(in_channels, num_classes)
+
+
+class Pooled(_Pooled):
+    """The plain pooled classifier: small enough to ``torch.compile`` in a test."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class CostlyClassifier(_Pooled):
+    """Sleeps ``base_s + per_image_s * n + per_image_sq_s * n**2`` for a batch of ``n``: a
+    known cost per batch size, so the batch cap it implies is known."""
+
+    def __init__(
+        self, base_s: float, per_image_s: float, per_image_sq_s: float, in_channels: int, num_classes: int
+    ) -> None:
+        super().__init__(in_channels, num_classes)
+        self.cost = (base_s, per_image_s, per_image_sq_s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base_s, per_image_s, per_image_sq_s = self.cost
+        size = x.shape[0]
+        time.sleep(base_s + per_image_s * size + per_image_sq_s * size**2)
+        return self.head(self.features(x))
+
+
+class HalfRefusing(_Pooled):
+    """Fails in float16 as an op without a half kernel on the CPU would (torch's own message)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float16:
+            raise RuntimeError("\"addmm_impl_cpu_\" not implemented for 'Half'")
+        return self.head(self.features(x))
+
+
+def pooled(*, in_channels: int = 1, num_classes: int = 3) -> nn.Module:
+    return Pooled(in_channels, num_classes)
+
+
+def costly_classifier(
+    *,
+    base_s: float = 0.0,
+    per_image_s: float = 0.0,
+    per_image_sq_s: float = 0.0,
+    in_channels: int = 1,
+    num_classes: int = 3,
+) -> nn.Module:
+    return CostlyClassifier(base_s, per_image_s, per_image_sq_s, in_channels, num_classes)
+
+
+def half_refusing(*, in_channels: int = 1, num_classes: int = 3) -> nn.Module:
+    return HalfRefusing(in_channels, num_classes)

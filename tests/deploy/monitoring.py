@@ -50,6 +50,7 @@ def exported_families() -> dict[str, Family]:
     model.images_per_request.observe(1)
     model.track_queue(lambda: 0)
     model.set_queue_capacity(8)
+    model.set_batch_cap(8)
     metrics.set_model_info("m", "0123456789ab", "a.b:c")
     metrics.load_duration.labels("m").set(1)
     families: dict[str, Family] = {}

@@ -38,6 +38,18 @@ async def test_batches_never_exceed_max_batch_size() -> None:
     assert sizes == [3, 3, 1]
 
 
+async def test_a_cap_limits_batches_below_max_batch_size_and_stays_within_it() -> None:
+    batcher: DynamicBatcher[int, object] = DynamicBatcher(max_batch_size=8)
+    batcher.limit_to(2)
+    batcher.submit(list(range(5)), tag=None)
+    sizes = [len((await batcher.next_batch()).items) for _ in range(3)]
+    assert sizes == [2, 2, 1]
+    batcher.limit_to(100)
+    assert batcher.cap == 8
+    batcher.limit_to(0)
+    assert batcher.cap == 1
+
+
 async def test_outputs_return_to_their_request_in_order_across_batches() -> None:
     batcher: DynamicBatcher[int, object] = DynamicBatcher(max_batch_size=2)
     first = batcher.submit([10, 11, 12], tag=None)

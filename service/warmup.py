@@ -1,0 +1,109 @@
+"""Warm-up: a new version runs every batch shape it will serve, on every replica, before it serves.
+
+The largest batch runs first, so a batch that does not fit fails the load instead of a request.
+Then, when the model is compiled or its batch cap is adaptive, every bucket size runs: a
+compiled model compiles (and records its CUDA graphs) for each bucket here, never on a request,
+and each bucket's last run is timed into the model's ``BatchCost``. An option the device cannot
+do fails here with an error that names the model and the option, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.batch_cap import bucket_sizes
+from service.config import ModelSpec
+from service.errors import CheckpointError, ConfigError, NonFiniteOutput, ServeError
+from service.postprocess import Job, Wants
+from service.replica import ModelVersion, Replica
+from service.served import ServedModel
+
+# Runs per bucket of a compiled model: the compile, then (CUDA graph trees, reduce-overhead)
+# one warm run and one that records the graph; the last run is the one timed.
+_COMPILED_RUNS = 3
+
+
+async def warm_up(served: ServedModel, version: ModelVersion) -> list[Any]:
+    """Runs the version's batch shapes on every replica; the results of its largest batch."""
+    spec = served.spec
+    jobs = _warm_up_jobs(spec)
+    sizes = bucket_sizes(len(jobs))[::-1] if spec.compile or served.cost is not None else ()
+    runs = _COMPILED_RUNS if spec.compile else 1
+    results: list[Any] = []
+    for replica in served.replicas:
+        try:
+            results = await _run(replica, version, served, jobs)
+            for size in sizes:
+                for _ in range(runs - 1):
+                    await _run(replica, version, served, jobs[:size])
+                started = time.monotonic()
+                await _run(replica, version, served, jobs[:size])
+                if served.cost is not None:
+                    served.cost.add(size, time.monotonic() - started, refit=False)
+        except NonFiniteOutput:
+            raise CheckpointError(
+                f"{version.checkpoint.name}: the warm-up forward on {replica.device_key} gave "
+                f"non-finite outputs (NaN or inf){_in_precision(spec)}; the weights are not served"
+            ) from None
+        except ServeError:
+            raise
+        except Exception as exc:
+            blamed = _blame(served.name, spec, replica.device_key, exc)
+            if blamed is None:
+                raise
+            raise blamed from exc
+    if served.cost is not None:
+        served.cost.refit()
+    return results
+
+
+async def _run(replica: Replica, version: ModelVersion, served: ServedModel, jobs: list[Job]) -> list[Any]:
+    return await asyncio.wrap_future(replica.submit(version, jobs, served.task))
+
+
+def _warm_up_jobs(spec: ModelSpec) -> list[Job]:
+    """A full batch of deterministic noise images, so the largest batch is known to fit."""
+    height, width = spec.input.size
+    rng = np.random.default_rng(0)
+    pixels = torch.from_numpy(rng.integers(0, 256, (height, width, spec.input.channels), dtype=np.uint8))
+    wants = Wants(top_k=1, probabilities=True, mask_png=False)
+    return [Job(pixels, (height, width), wants)] * spec.batching.max_batch_size
+
+
+def _blame(name: str, spec: ModelSpec, device: str, exc: Exception) -> ConfigError | None:
+    """The option a warm-up failure comes from, as a startup/reload error; ``None`` with none
+    set (the model's own failure, reported as before). Compiler errors blame ``compile``; any
+    other error the reduced precision, else ``channels_last``, else ``compile``."""
+    reason = f"{type(exc).__name__}: {str(exc).strip()[:400]}"
+    if spec.compile and _from_compiler(exc):
+        return ConfigError(f"model {name!r}: compile {spec.compile} failed on {device}: {reason}")
+    if spec.precision != "float32":
+        return ConfigError(
+            f"model {name!r}: precision {spec.precision} is not supported on {device}: {reason}"
+        )
+    if spec.channels_last:
+        return ConfigError(f"model {name!r}: channels_last is not supported on {device}: {reason}")
+    if spec.compile:
+        return ConfigError(f"model {name!r}: compile {spec.compile} failed on {device}: {reason}")
+    return None
+
+
+def _from_compiler(exc: BaseException) -> bool:
+    """Raised by dynamo or inductor (checked by module name: no compiler import to check)."""
+    chain: BaseException | None = exc
+    while chain is not None:
+        if any(
+            cls.__module__.startswith(("torch._dynamo", "torch._inductor")) for cls in type(chain).__mro__
+        ):
+            return True
+        chain = chain.__cause__
+    return False
+
+
+def _in_precision(spec: ModelSpec) -> str:
+    return "" if spec.precision == "float32" else f" in {spec.precision}"

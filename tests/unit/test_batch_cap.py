@@ -1,0 +1,73 @@
+"""The batch cap: bucket sizes, the fitted best size, and the windows that feed the fit."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.batch_cap import BatchCost, best_size, bucket_for, bucket_sizes
+
+
+def test_buckets_are_powers_of_two_then_the_maximum() -> None:
+    assert bucket_sizes(1) == (1,)
+    assert bucket_sizes(8) == (1, 2, 4, 8)
+    assert bucket_sizes(12) == (1, 2, 4, 8, 12)
+    assert bucket_sizes(32) == (1, 2, 4, 8, 16, 32)
+    assert [bucket_for(n, bucket_sizes(12)) for n in (1, 3, 5, 8, 9, 12)] == [1, 4, 8, 8, 12, 12]
+
+
+def test_a_model_whose_cost_per_image_grows_is_capped_small() -> None:
+    """The U-Net measured on this CPU: 14.6 images/s at 1, 10.0 at 4, 8.0 at 8."""
+    samples = [(1, 1 / 14.6), (4, 4 / 10.0), (8, 8 / 8.0)]
+    assert best_size(samples, (1, 2, 4, 8), deadline_s=15) == 1
+
+
+def test_a_fixed_cost_per_batch_makes_the_largest_batch_pay() -> None:
+    buckets = bucket_sizes(32)
+    samples = [(size, 0.02 + 0.001 * size) for size in buckets]
+    assert best_size(samples, buckets, deadline_s=15) == 32
+
+
+def test_the_best_size_is_interior_when_cost_is_quadratic() -> None:
+    """seconds = 0.016 + 0.001 n^2: images/s peaks at sqrt(0.016 / 0.001) = 4."""
+    buckets = bucket_sizes(32)
+    samples = [(size, 0.016 + 0.001 * size**2) for size in buckets]
+    assert best_size(samples, buckets, deadline_s=15) == 4
+
+
+def test_the_deadline_bounds_the_cap() -> None:
+    buckets = bucket_sizes(32)
+    samples = [(size, 0.02 + 0.001 * size) for size in buckets]
+    assert best_size(samples, buckets, deadline_s=0.03) == 8  # 16 would take 0.036 s
+    assert best_size(samples, buckets, deadline_s=0.001) == 1  # nothing fits: the smallest
+
+
+def test_near_ties_go_to_the_larger_batch() -> None:
+    """Within 10%: timing noise, so the larger batch (fewer forwards per queue) wins."""
+    samples = [(1, 0.010), (2, 0.0205), (4, 0.0415)]  # 100, 97.6, 96.4 images/s
+    assert best_size(samples, (1, 2, 4), deadline_s=15) == 4
+
+
+def test_without_two_sizes_seen_the_cap_is_the_maximum() -> None:
+    assert best_size([], (1, 2, 4), deadline_s=15) == 4
+    assert best_size([(2, 0.5), (2, 0.6)], (1, 2, 4), deadline_s=15) == 4
+
+
+def test_serving_samples_refit_the_cap_and_keep_the_sizes_traffic_skips() -> None:
+    caps: list[int] = []
+    cost = BatchCost(bucket_sizes(8), deadline_s=15, on_cap=caps.append)
+    for size in cost.buckets:  # warm-up: flat cost per batch, the largest pays
+        cost.add(size, 0.02, refit=False)
+    assert cost.refit() == 8 and caps == [8]
+    for _ in range(100):  # serving: only small batches, 250 and 167 images/s
+        cost.add(1, 0.004)
+        cost.add(2, 0.012)
+    # 4 and 8 kept their warm-up timings (8: 400/s) and weigh as much as the 200 newer samples
+    # (fitted alone, 1 and 2 would extrapolate to 133/s at 8, and the cap would drop to 1)
+    assert cost.cap == 8 and len(caps) == 200 // 8 + 1
+
+
+@pytest.mark.parametrize("size", [3, 5, 7])
+def test_a_batch_counts_toward_the_smallest_bucket_that_holds_it(size: int) -> None:
+    cost = BatchCost((1, 4, 8), deadline_s=15)
+    cost.add(size, 0.1, refit=False)
+    assert [len(window) for window in cost._samples.values()] == [0, int(size <= 4), int(size > 4)]
