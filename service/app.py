@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,13 +20,13 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from service import __version__
+from service.access import Access, RequestIds
 from service.config import ServeConfig
 from service.devices import available_cores
 from service.errors import InvalidParameter, NotFound, ServeError
-from service.logs import REQUEST_ID
 from service.metrics import Metrics
 from service.registry import Registry
 from service.render import error_response
@@ -46,10 +45,14 @@ def create_app(
     *,
     metrics: Metrics | None = None,
     on_fatal: Callable[[BaseException], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
     grpc_host: str = "127.0.0.1",
 ) -> FastAPI:
     """A ready-to-run app for ``config``; nothing loads or listens until its lifespan starts
-    (then gRPC listens on ``grpc_host`` and ``server.grpc_port``, unless that is null)."""
+    (then gRPC listens on ``grpc_host`` and ``server.grpc_port``, unless that is null).
+
+    ``on_ready`` is called once every model is warm; ``on_fatal`` with the error if loading
+    fails (the caller then reports it: without ``on_fatal`` it is logged here)."""
     metrics = metrics or Metrics()
     token = config.server.admin_token or secrets.token_urlsafe(24)
     if config.server.admin_token is None:
@@ -70,8 +73,10 @@ def create_app(
         grpc_server = None
         if grpc_port is not None:
             grpc_server, runtime.grpc_port = await start_grpc(runtime, grpc_host, grpc_port)
+        names = list(config.models)
+        log.info("loading %d model%s (%s)...", len(names), "" if len(names) == 1 else "s", ", ".join(names))
         loading = asyncio.create_task(runtime.registry.start(), name="load-models")
-        loading.add_done_callback(lambda task: _after_load(task, runtime, on_fatal))
+        loading.add_done_callback(lambda task: _after_load(task, runtime, on_fatal, on_ready))
         try:
             yield
         finally:
@@ -97,12 +102,14 @@ def create_app(
     app.include_router(v2_router)
     install_ui(app)
     _add_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware, ids=app.request_ids)
     return app
 
 
 def _after_load(
-    task: asyncio.Task[None], runtime: Runtime, on_fatal: Callable[[BaseException], None] | None
+    task: asyncio.Task[None],
+    runtime: Runtime,
+    on_fatal: Callable[[BaseException], None] | None,
+    on_ready: Callable[[], None] | None,
 ) -> None:
     if task.cancelled():
         return
@@ -112,13 +119,16 @@ def _after_load(
         # Frozen objects are skipped by the collector from now on.
         gc.collect()
         gc.freeze()
+        if on_ready is not None:
+            on_ready()
         return
     error = task.exception()
     assert error is not None
     runtime.startup_error = error
-    log.error("model loading failed; the server cannot become ready: %s", error)
-    if on_fatal is not None:
-        on_fatal(error)
+    if on_fatal is None:
+        log.error("model loading failed; the server cannot become ready: %s", error)
+        return
+    on_fatal(error)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -151,44 +161,6 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_error)
 
 
-class RequestIds:
-    """Gives every request an id (the client's ``X-Request-ID`` when sane) and returns it."""
-
-    def __init__(self) -> None:
-        self._prefix = os.urandom(4).hex()
-        self._counter = 0
-
-    def tag(self, scope: Scope, send: Send) -> Send:
-        """``send`` that adds the request's id to the answer; the id is also set for logging."""
-        request_id = _client_request_id(scope) or self._next_id()
-        REQUEST_ID.set(request_id)
-        header = (b"x-request-id", request_id.encode())
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
-            await send(message)
-
-        return send_with_id
-
-    def _next_id(self) -> str:
-        self._counter += 1
-        return f"{self._prefix}-{self._counter:x}"
-
-
-class RequestIdMiddleware:
-    """Request ids for every route but the predict fast path (which tags its own)."""
-
-    def __init__(self, app: ASGIApp, ids: RequestIds) -> None:
-        self.app = app
-        self.ids = ids
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            send = self.ids.tag(scope, send)
-        await self.app(scope, receive, send)
-
-
 class ServeApp(FastAPI):
     """FastAPI, except that ``POST /predict`` and v2 ``POST .../infer`` go straight to their handlers.
 
@@ -201,18 +173,51 @@ class ServeApp(FastAPI):
     request_ids: RequestIds  # set by create_app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = _fast_path(scope)
-        if handler is None:
+        if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        scope["app"] = self
-        send = self.request_ids.tag(scope, send)
-        request = Request(scope, receive, send)
+        access = _access(scope, self.request_ids)
+        access.begin()
+        send = _answering(send, access)
         try:
-            response = await handler(request)
-        except Exception as exc:
-            response = _unexpected(request, exc)
-        await response(scope, receive, send)
+            handler = _fast_path(scope)
+            if handler is None:
+                await super().__call__(scope, receive, send)
+                return
+            scope["app"] = self
+            request = Request(scope, receive, send)
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                response = _unexpected(request, exc)
+            await response(scope, receive, send)
+        finally:
+            access.finish()
+
+
+def _access(scope: Scope, ids: RequestIds) -> Access:
+    """The request's access line, with its id: the client's ``X-Request-ID`` when sane."""
+    given = None
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            given = value.decode("latin-1")
+            break
+    client = scope.get("client")
+    address = f"{client[0]}:{client[1]}" if client else None
+    return Access("http", scope["method"], scope["path"], address, ids.choose(given))
+
+
+def _answering(send: Send, access: Access) -> Send:
+    """``send`` that adds the request id to the answer and notes its status for the access line."""
+    header = (b"x-request-id", access.request_id.encode())
+
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), header]
+            access.status = message["status"]
+        await send(message)
+
+    return send_with_id
 
 
 def _fast_path(scope: Scope) -> Callable[[Request], Awaitable[Response]] | None:
@@ -229,12 +234,3 @@ def _fast_path(scope: Scope) -> Callable[[Request], Awaitable[Response]] | None:
 def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(ServeError(f"internal error: {type(exc).__name__}; see the server log"))
-
-
-def _client_request_id(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            text: str = value.decode("latin-1")
-            if 0 < len(text) <= 64 and all(c.isalnum() or c in "-_.:" for c in text):
-                return text
-    return None

@@ -9,6 +9,7 @@ import logging
 import math
 import resource
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -115,7 +116,11 @@ def serve(config_path: Path | None, *, host: str, port: int, grpc_port: int | st
         if server is not None:
             server.should_exit = True
 
-    app = create_app(config, on_fatal=on_fatal, grpc_host=host)
+    def on_ready() -> None:
+        if server is not None:
+            server.models_ready()
+
+    app = create_app(config, on_fatal=on_fatal, on_ready=on_ready, grpc_host=host)
     limits = config.server
     max_connections = connection_cap(limits.max_connections, _raise_descriptor_limit())
     lowered = limits.max_connections and max_connections < limits.max_connections
@@ -139,7 +144,15 @@ def serve(config_path: Path | None, *, host: str, port: int, grpc_port: int | st
     )
     server = DrainingServer(uvicorn_config, app.state.runtime)
     server.run()
-    return 1 if failures else 0
+    if failures:  # after uvicorn's shutdown lines, so that the reason is the last line
+        error = failures[0]
+        log.error(
+            "model loading failed: %s; exiting",
+            error.message if isinstance(error, ServeError) else f"{type(error).__name__}: {error}",
+            exc_info=None if isinstance(error, ServeError) else error,
+        )
+        return 1
+    return 0
 
 
 def _raise_descriptor_limit() -> int:
@@ -160,11 +173,37 @@ def _raise_descriptor_limit() -> int:
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn, but a shutdown signal first turns readiness to 503 (draining)."""
+    """uvicorn, but a shutdown signal first turns readiness to 503 (draining), and a line says
+    when the server is ready: listening, and every model warm (in whichever order)."""
 
     def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
         super().__init__(config)
         self.runtime = runtime
+        self._listening = False
+        self._loaded = False
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)  # exits the process if it cannot bind
+        self._listening = True
+        self._announce()
+
+    def models_ready(self) -> None:
+        """Called (on the event loop) once every model is loaded and warm."""
+        self._loaded = True
+        self._announce()
+
+    def _announce(self) -> None:
+        if not (self._listening and self._loaded):
+            return
+        host, port = self.servers[0].sockets[0].getsockname()[:2]
+        grpc_port = self.runtime.grpc_port
+        log.info(
+            "ready: serving models %s on http://%s:%d (%s)",
+            sorted(self.runtime.registry.models),
+            f"[{host}]" if ":" in host else host,
+            port,
+            "gRPC off" if grpc_port is None else f"gRPC {grpc_port}",
+        )
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.runtime.draining:

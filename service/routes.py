@@ -12,9 +12,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
 from starlette.responses import Response
 
 from service import schemas
+from service.access import note_model
+from service.audit import audit, outcome_of
 from service.checkpoint_paths import resolve_checkpoint
 from service.errors import (
     ClientGone,
@@ -47,6 +50,7 @@ async def predict(request: Request) -> Response:
     """Images in (raw body or multipart ``file`` parts), predictions out, in order."""
     runtime = get_runtime(request)
     name = request.query_params.get("model") or runtime.config.default_model_name
+    note_model(name)
     served = runtime.registry.models.get(name)
     with accounted(served.metrics if served is not None else runtime.unknown_model_metrics) as answer:
         try:
@@ -75,6 +79,7 @@ async def _predict(runtime: Runtime, request: Request, served: ServedModel) -> R
             "the server is draining before shutdown; retry on another instance", headers={"Retry-After": "1"}
         )
     version = served.pin()
+    note_model(served.name, version.version)
     wants = Wants(top_k=parse_top_k(request.query_params.get("top_k")))
     server = runtime.config.server
     uploading = True
@@ -144,15 +149,21 @@ async def get_model(name: str, runtime: RuntimeDep) -> dict[str, Any]:
     return runtime.registry.get(name).describe()
 
 
-def require_admin(
+async def require_admin(
+    request: Request,
     runtime: RuntimeDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(schemas.ADMIN_BEARER)],
 ) -> None:
-    """``Authorization: Bearer <token>``, compared in constant time."""
+    """``Authorization: Bearer <token>``, compared in constant time; a refusal is audited.
+    Async: a check this cheap needs no thread-pool hop, so admin calls keep their arrival order."""
     if bearer is None or not bearer.credentials.strip():
-        raise Unauthorized("admin routes need 'Authorization: Bearer <MODEL_SERVE_ADMIN_TOKEN>'")
-    if not hmac.compare_digest(bearer.credentials.strip().encode(), runtime.admin_token.encode()):
-        raise Unauthorized("the admin token is wrong")
+        error = Unauthorized("admin routes need 'Authorization: Bearer <MODEL_SERVE_ADMIN_TOKEN>'")
+    elif not hmac.compare_digest(bearer.credentials.strip().encode(), runtime.admin_token.encode()):
+        error = Unauthorized("the admin token is wrong")
+    else:
+        return
+    _audit_refusal(request, error)
+    raise error
 
 
 @router.post(
@@ -164,14 +175,26 @@ def require_admin(
     openapi_extra=schemas.RELOAD_OPENAPI,
 )
 async def reload_model(name: str, request: Request, runtime: RuntimeDep) -> dict[str, Any]:
-    served = runtime.registry.get(name)
-    reload_request = await _reload_request(request)
-    path = (
-        resolve_checkpoint(runtime.config.checkpoint_root, reload_request.checkpoint)
-        if reload_request.checkpoint
-        else served.spec.checkpoint
+    note_model(name)
+    asked: str | None = None
+    try:
+        served = runtime.registry.get(name)
+        asked = (await _reload_request(request)).checkpoint
+        path = resolve_checkpoint(runtime.config.checkpoint_root, asked) if asked else served.spec.checkpoint
+        previous, version, changed = await runtime.registry.reload(name, path)
+    except Exception as error:
+        _audit_refusal(request, error, asked)
+        raise
+    outcome = "success" if changed else "unchanged"
+    audit(
+        "reload",
+        name,
+        outcome,
+        client=_client(request),
+        checkpoint=asked,
+        previous_version=previous,
+        version=version,
     )
-    previous, version, changed = await runtime.registry.reload(name, path)
     return {"model": name, "previous_version": previous, "version": version, "changed": changed}
 
 
@@ -181,8 +204,12 @@ async def _reload_request(request: Request) -> schemas.ReloadRequest:
         return schemas.ReloadRequest()
     try:
         return schemas.ReloadRequest.model_validate_json(body)
-    except ValueError as exc:
-        raise InvalidParameter(f'the body must be JSON like {{"checkpoint": "path"}}: {exc}') from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = f" at {'.'.join(map(str, first['loc']))!r}" if first["loc"] else ""
+        raise InvalidParameter(
+            f'the body must be JSON like {{"checkpoint": "path"}}: {first["msg"]}{where}'
+        ) from None
 
 
 @router.post(
@@ -192,9 +219,28 @@ async def _reload_request(request: Request) -> schemas.ReloadRequest:
     dependencies=[Depends(require_admin)],
     responses=schemas.ADMIN_RESPONSES,
 )
-async def rollback_model(name: str, runtime: RuntimeDep) -> dict[str, Any]:
-    previous, version = await runtime.registry.rollback(name)
+async def rollback_model(name: str, request: Request, runtime: RuntimeDep) -> dict[str, Any]:
+    note_model(name)
+    try:
+        previous, version = await runtime.registry.rollback(name)
+    except Exception as error:
+        _audit_refusal(request, error)
+        raise
+    audit("rollback", name, "success", client=_client(request), previous_version=previous, version=version)
     return {"model": name, "previous_version": previous, "version": version, "changed": True}
+
+
+def _audit_refusal(request: Request, error: Exception, checkpoint: str | None = None) -> None:
+    """Audits an admin action that did not happen; the action is the path's last segment."""
+    reason = error.message if isinstance(error, ServeError) else f"{type(error).__name__}: {error}"
+    action = request.url.path.rsplit("/", 1)[-1]
+    name = str(request.path_params.get("name", "-"))
+    audit(action, name, outcome_of(error), client=_client(request), checkpoint=checkpoint, reason=reason)
+
+
+def _client(request: Request) -> str | None:
+    client = request.client
+    return f"{client.host}:{client.port}" if client else None
 
 
 @router.get(

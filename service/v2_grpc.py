@@ -9,15 +9,17 @@ or typed ``contents``; outputs always go as ``raw_output_contents``.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from service.access import Access, RequestIds, note_model
 from service.errors import BadRequest, ConfigError, NotFound, NotReady, PredictionTimeout, ServeError
 from service.runtime import Runtime
 from service.served import ServedModel, accounted
@@ -95,6 +97,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         runtime = self.runtime
+        note_model(request.model_name, request.model_version or None)
         served = runtime.registry.models.get(request.model_name)
         with accounted(served.metrics if served is not None else runtime.unknown_model_metrics) as answer:
             try:
@@ -112,6 +115,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         if self.runtime.draining:
             raise NotReady("the server is draining; retry on another instance")
         version = served.pin(request.model_version or None)
+        note_model(served.name, version.version)
         limits = self.runtime.config.server
         try:
             async with asyncio.timeout(limits.request_timeout_s):
@@ -171,11 +175,77 @@ async def _abort(context: grpc.aio.ServicerContext, error: ServeError) -> NoRetu
     raise AssertionError("abort() raises")  # pragma: no cover
 
 
+# The HTTP status each gRPC code stands for in access lines (the inverse of _STATUS_CODES).
+_HTTP_EQUIVALENT = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+class AccessLog(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """One access line per unary call: every RPC of the service but Triton's streaming one."""
+
+    def __init__(self) -> None:
+        self.ids = RequestIds()
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            self._logged(handler.unary_unary, details),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _logged(self, behaviour: Callable[..., Any], details: grpc.HandlerCallDetails) -> Callable[..., Any]:
+        path: str = details.method
+        method = path.rsplit("/", 1)[-1]
+        given = next(
+            (value for key, value in details.invocation_metadata or () if key == "x-request-id"), None
+        )
+
+        async def logged(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            peer = context.peer()
+            access = Access("grpc", method, path, peer.partition(":")[2] or peer, self.ids.choose(given))
+            access.begin()
+            try:
+                answer = behaviour(request, context)
+                response = await answer if inspect.isawaitable(answer) else answer
+            except asyncio.CancelledError:  # the client cancelled, or its deadline passed
+                _finish(access, grpc.StatusCode.CANCELLED)
+                raise
+            except BaseException:  # an abort (its code is set) or a bug (UNKNOWN)
+                _finish(access, context.code() or grpc.StatusCode.UNKNOWN)
+                raise
+            _finish(access, context.code() or grpc.StatusCode.OK)
+            return response
+
+        return logged
+
+
+def _finish(access: Access, code: grpc.StatusCode) -> None:
+    access.code = code.name
+    access.status = _HTTP_EQUIVALENT.get(code, 500)
+    access.finish()
+
+
 async def start_grpc(runtime: Runtime, host: str, port: int) -> tuple[grpc.aio.Server, int]:
     """A started server and its bound port; a port that cannot be bound is a clear error."""
     limit = runtime.config.server.max_body_bytes
     server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 4 * limit)]
+        interceptors=[AccessLog()],
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 4 * limit)],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(runtime), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -16,6 +16,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from service.access import note_model
 from service.errors import BadRequest, NotFound, NotReady, PredictionTimeout, ServeError, SlowUpload
 from service.intake import read_body
 from service.runtime import Runtime
@@ -102,6 +103,7 @@ async def infer_route(request: Request) -> Response:
     if target is None:
         return v2_error(NotFound(f"no route POST {request.scope['path']}"))
     name, version = target
+    note_model(name, version)
     served = runtime.registry.models.get(name)
     with accounted(served.metrics if served is not None else runtime.unknown_model_metrics) as answer:
         try:
@@ -150,6 +152,7 @@ async def _infer(runtime: Runtime, request: Request, served: ServedModel, versio
             "the server is draining before shutdown; retry elsewhere", headers={"Retry-After": "1"}
         )
     pinned = served.pin(version)
+    note_model(served.name, pinned.version)
     limits = runtime.config.server
     uploading = True
     try:

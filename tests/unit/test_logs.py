@@ -1,0 +1,85 @@
+"""Log formatting and the access line, without a server: request ids, JSON extras, context."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import pytest
+
+from service.access import Access, note_model
+from service.logs import REQUEST_ID, JsonFormatter, RequestIdFilter, TextFormatter
+
+
+def _record(
+    message: str = "hello %s", args: tuple[object, ...] = ("world",), **extra: object
+) -> logging.LogRecord:
+    record = logging.LogRecord("service.test", logging.INFO, __file__, 1, message, args, None)
+    record.__dict__.update(extra)
+    return record
+
+
+def _formatted(formatter: logging.Formatter, missing: str | None, record: logging.LogRecord) -> str:
+    RequestIdFilter(missing).filter(record)
+    return formatter.format(record)
+
+
+def test_text_lines_show_the_request_id_or_a_dash_outside_a_request() -> None:
+    assert " INFO service.test [-] hello world" in _formatted(TextFormatter(), "-", _record())
+    token = REQUEST_ID.set("abc-1")
+    try:
+        assert " INFO service.test [abc-1] hello world" in _formatted(TextFormatter(), "-", _record())
+    finally:
+        REQUEST_ID.reset(token)
+
+
+def test_text_time_is_logging_s_own_format() -> None:
+    record = _record()
+    assert TextFormatter().formatTime(record) == logging.Formatter().formatTime(record)
+
+
+def test_json_lines_carry_extra_fields_a_null_request_id_and_the_exception() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = _record(status=503, model="m", where=object())
+    record.exc_info = exc_info
+    entry = json.loads(_formatted(JsonFormatter(), None, record))
+    assert entry["message"] == "hello world" and entry["request_id"] is None
+    assert entry["status"] == 503 and entry["model"] == "m" and entry["where"].startswith("<object")
+    assert "ValueError: boom" in entry["exception"]
+    assert not {"args", "msg", "levelno", "exc_info", "thread"} & set(entry)
+    assert entry["time"].endswith("Z") and len(entry["time"]) == len("2026-01-01T00:00:00.000Z")
+
+
+def test_an_access_line_names_the_request_and_restores_the_context(caplog: pytest.LogCaptureFixture) -> None:
+    access = Access("http", "POST", "/predict", "127.0.0.1:5000", "req-1")
+    access.begin()
+    assert REQUEST_ID.get() == "req-1"
+    note_model("digits")
+    note_model("digits", "0123456789ab")
+    access.status = 200
+    with caplog.at_level(logging.INFO, logger="service.access"):
+        access.finish()
+    assert REQUEST_ID.get() is None
+    note_model("other")  # outside a request: nothing to record it on, and no error
+    (record,) = caplog.records
+    assert record.name == "service.access"
+    assert record.getMessage().startswith("POST /predict 200 ")
+    assert record.getMessage().endswith(" ms model=digits version=0123456789ab client=127.0.0.1:5000")
+    assert record.__dict__["status"] == 200 and record.__dict__["version"] == "0123456789ab"
+
+
+def test_an_access_line_escapes_a_forged_path_and_marks_a_missing_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    access = Access("http", "GET", "/x\n2026-01-01 INFO forged", None, "req-2")
+    access.begin()
+    with caplog.at_level(logging.INFO, logger="service.access"):
+        access.finish()
+    (record,) = caplog.records
+    assert record.getMessage().startswith("GET /x\\n2026-01-01 INFO forged - ")
+    assert record.getMessage().endswith(" client=-")
+    assert record.__dict__["status"] is None
