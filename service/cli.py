@@ -106,7 +106,7 @@ def serve(config_path: Path | None, *, host: str, port: int, grpc_port: int | st
 
     ``grpc_port`` (an int, or ``"off"``) overrides the config's ``server.grpc_port``."""
     config = _with_grpc_port(_load(config_path), grpc_port)
-    configure_logging(config.server.log_format)
+    configure_logging(config.server.log_format, access_log=config.server.access_log)
     torch.set_num_threads(config.server.torch_threads or available_cores())
     failures: list[BaseException] = []
     server: DrainingServer | None = None

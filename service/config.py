@@ -204,6 +204,9 @@ class ServerSpec(_Frozen):
         repr=False,
         description="Bearer token of reload and rollback; unset: a random one, logged once at start",
     )
+    access_log: bool = Field(
+        True, description="one line per request or gRPC call on logger service.access (audit lines always)"
+    )
     grpc_port: int | None = Field(
         8081, ge=0, le=65535, description="v2 gRPC port (0: any free port); null turns gRPC off"
     )
@@ -305,6 +308,7 @@ _SERVER_ENV = {
     "LOG_FORMAT": "log_format",
     "ADMIN_TOKEN": "admin_token",
     "GRPC_PORT": "grpc_port",
+    "ACCESS_LOG": "access_log",
     "MAX_INFLIGHT_PIXELS": "max_inflight_pixels",
     "MAX_INFLIGHT_BODY_BYTES": "max_inflight_body_bytes",
 }

@@ -90,8 +90,9 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure_logging(log_format: str, level: int = logging.INFO) -> None:
-    """Root logging for the server process (called by the CLI, never at import)."""
+def configure_logging(log_format: str, level: int = logging.INFO, *, access_log: bool = True) -> None:
+    """Root logging for the server process (called by the CLI, never at import); without
+    ``access_log`` the per-request lines of ``service.access`` are off (audit lines stay)."""
     handler = logging.StreamHandler()
     if log_format == "json":
         handler.addFilter(RequestIdFilter(None))
@@ -105,3 +106,4 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.getLogger("service.access").disabled = not access_log

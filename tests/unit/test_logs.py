@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from service.access import Access, note_model
-from service.logs import REQUEST_ID, JsonFormatter, RequestIdFilter, TextFormatter
+from service.logs import REQUEST_ID, JsonFormatter, RequestIdFilter, TextFormatter, configure_logging
 
 
 def _record(
@@ -83,3 +83,17 @@ def test_an_access_line_escapes_a_forged_path_and_marks_a_missing_answer(
     assert record.getMessage().startswith("GET /x\\n2026-01-01 INFO forged - ")
     assert record.getMessage().endswith(" client=-")
     assert record.__dict__["status"] is None
+
+
+def test_access_lines_can_be_turned_off_but_audit_lines_stay() -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("text", access_log=False)
+        assert logging.getLogger("service.access").disabled
+        assert not logging.getLogger("service.audit").disabled
+        configure_logging("text")
+        assert not logging.getLogger("service.access").disabled
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
