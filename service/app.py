@@ -33,7 +33,6 @@ from service.render import error_response
 from service.routes import predict, router
 from service.runtime import Runtime
 from service.ui import install_ui
-from service.v2_grpc import start_grpc, stop_grpc
 from service.v2_rest import infer_route, infer_target
 from service.v2_rest import router as v2_router
 
@@ -68,25 +67,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime.loop = asyncio.get_running_loop()
-        grpc_port = config.server.grpc_port
-        grpc_server = None
-        if grpc_port is not None:
-            grpc_server, runtime.grpc_port = await start_grpc(runtime, grpc_host, grpc_port)
-        names = list(config.models)
-        log.info("loading %d model%s (%s)...", len(names), "" if len(names) == 1 else "s", ", ".join(names))
-        loading = asyncio.create_task(runtime.registry.start(), name="load-models")
-        loading.add_done_callback(lambda task: _after_load(task, runtime, on_fatal, on_ready))
+        await runtime.start(
+            grpc_host=grpc_host, after_load=lambda task: _after_load(task, runtime, on_fatal, on_ready)
+        )
         try:
             yield
         finally:
-            runtime.draining = True
-            if grpc_server is not None:  # answers the calls in flight while the replicas still run
-                await stop_grpc(grpc_server, config.server.drain_grace_s)
-            loading.cancel()
-            await asyncio.gather(loading, return_exceptions=True)
-            await runtime.registry.stop()
-            runtime.workers.shutdown(wait=False, cancel_futures=True)
+            await runtime.stop()
 
     app = ServeApp(
         title="model-serve",

@@ -23,16 +23,14 @@ from service.errors import (
     ClientGone,
     InvalidParameter,
     NotReady,
-    PredictionTimeout,
     ServeError,
-    SlowUpload,
     Unauthorized,
 )
 from service.intake import image_blobs, parse_top_k, read_body
 from service.postprocess import Wants
 from service.render import classification_body, error_response, json_response, segmentation_body
 from service.runtime import Runtime
-from service.served import ServedModel, accounted
+from service.served import ServedModel, accounted, deadline
 
 router = APIRouter()
 
@@ -74,29 +72,16 @@ router.add_api_route(
 
 
 async def _predict(runtime: Runtime, request: Request, served: ServedModel) -> Response:
-    if runtime.draining:
-        raise NotReady(
-            "the server is draining before shutdown; retry on another instance", headers={"Retry-After": "1"}
-        )
-    version = served.pin()
-    note_model(served.name, version.version)
+    version = runtime.admit(served)
     wants = Wants(top_k=parse_top_k(request.query_params.get("top_k")))
     server = runtime.config.server
-    uploading = True
-    try:  # one deadline (one timer) for the upload and the prediction; the body held until the answer
-        async with asyncio.timeout(server.request_timeout_s):
-            with ExitStack() as held:
-                body = await read_body(request, server.max_body_bytes, runtime.body_budget, held)
-                uploading = False
-                blobs = await image_blobs(request, body, max_images=server.max_images_per_request)
-                jobs = await served.prepare(blobs, wants)
-                outputs = await _await_outputs(served.submit(jobs, version), request)
-    except TimeoutError:
-        if uploading:
-            raise SlowUpload(f"the body did not arrive within {server.request_timeout_s:g} s") from None
-        raise PredictionTimeout(
-            f"no prediction within {server.request_timeout_s:g} s; the server is overloaded, retry later"
-        ) from None
+    async with deadline(server) as timer:
+        with ExitStack() as held:  # the body's bytes stay reserved until the answer
+            body = await read_body(request, server.max_body_bytes, runtime.body_budget, held)
+            timer.uploaded()
+            blobs = await image_blobs(request, body, max_images=server.max_images_per_request)
+            jobs = await served.prepare(blobs, wants)
+            outputs = await _await_outputs(served.submit(jobs, version), request)
     return _render(served, version.version, outputs, request)
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Executor
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ from service.batching import DynamicBatcher
 from service.budget import Budget
 from service.config import ModelSpec, ServerSpec
 from service.decode import is_tiny, open_image, prepare_image
-from service.errors import NotFound, NotReady, ServeError
+from service.errors import NotFound, NotReady, PredictionTimeout, ServeError, SlowUpload
 from service.metrics import ModelMetrics
 from service.postprocess import Job, Task, Wants
 from service.replica import ModelVersion, Replica
@@ -126,6 +126,35 @@ class ServedModel:
             "loaded_at": _iso(active.loaded_at) if active else None,
             "ready": self.ready,
         }
+
+
+class Deadline:
+    """One timer for a whole request (upload, decode, queue, forward); when it runs out the
+    request's error says which phase it was in: 408 while uploading, else 504."""
+
+    def __init__(self, limits: ServerSpec, *, uploading: bool) -> None:
+        self.seconds = limits.request_timeout_s
+        self.uploading = uploading
+
+    def uploaded(self) -> None:
+        self.uploading = False
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Deadline]:
+        try:
+            async with asyncio.timeout(self.seconds):
+                yield self
+        except TimeoutError:
+            if self.uploading:
+                raise SlowUpload(f"the body did not arrive within {self.seconds:g} s") from None
+            raise PredictionTimeout(
+                f"no prediction within {self.seconds:g} s; the server is overloaded, retry later"
+            ) from None
+
+
+def deadline(limits: ServerSpec, *, uploading: bool = True) -> AbstractAsyncContextManager[Deadline]:
+    """``async with deadline(limits) as timer``: the request's one deadline (see ``Deadline``)."""
+    return Deadline(limits, uploading=uploading).running()
 
 
 @contextmanager

@@ -13,18 +13,20 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from service.access import Access, RequestIds, note_model
-from service.errors import BadRequest, ConfigError, NotFound, NotReady, PredictionTimeout, ServeError
-from service.runtime import Runtime
-from service.served import ServedModel, accounted
+from service.errors import BadRequest, ConfigError, NotFound, ServeError
+from service.served import ServedModel, accounted, deadline
 from service.v2_infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
 from service.v2_tensors import InputTensor, from_contents, from_raw, parse_shape, to_raw
+
+if TYPE_CHECKING:  # the runtime starts this server: a type, not an import cycle
+    from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -112,18 +114,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         return response
 
     async def _infer(self, request: Any, served: ServedModel) -> Any:
-        if self.runtime.draining:
-            raise NotReady("the server is draining; retry on another instance")
-        version = served.pin(request.model_version or None)
-        note_model(served.name, version.version)
+        version = self.runtime.admit(served, request.model_version or None)
         limits = self.runtime.config.server
-        try:
-            async with asyncio.timeout(limits.request_timeout_s):
-                with self.runtime.body_budget.reserve(request.ByteSize()):
-                    parsed = InferRequest(request.id or None, _inputs(request), _outputs(request.outputs))
-                    outputs = await infer(served, version, parsed, limits)
-        except TimeoutError:
-            raise PredictionTimeout(f"no answer within {limits.request_timeout_s:g} s; retry later") from None
+        async with deadline(limits, uploading=False):  # gRPC has received the whole message
+            with self.runtime.body_budget.reserve(request.ByteSize()):
+                parsed = InferRequest(request.id or None, _inputs(request), _outputs(request.outputs))
+                outputs = await infer(served, version, parsed, limits)
         return pb.ModelInferResponse(
             model_name=served.name,
             model_version=version.version,

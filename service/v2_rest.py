@@ -8,7 +8,6 @@ Errors are ``{"error": "message"}``.
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import ExitStack
 from typing import Any
 
@@ -17,10 +16,10 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.access import note_model
-from service.errors import BadRequest, NotFound, NotReady, PredictionTimeout, ServeError, SlowUpload
+from service.errors import BadRequest, NotFound, NotReady, ServeError
 from service.intake import read_body
 from service.runtime import Runtime
-from service.served import ServedModel, accounted
+from service.served import ServedModel, accounted, deadline
 from service.v2_infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
 from service.v2_schemas import V2_INFER_OPENAPI, V2_INFER_RESPONSES
 from service.v2_tensors import (
@@ -147,25 +146,14 @@ def _model(runtime: Runtime, name: str) -> ServedModel:
 
 
 async def _infer(runtime: Runtime, request: Request, served: ServedModel, version: str | None) -> Response:
-    if runtime.draining:
-        raise NotReady(
-            "the server is draining before shutdown; retry elsewhere", headers={"Retry-After": "1"}
-        )
-    pinned = served.pin(version)
-    note_model(served.name, pinned.version)
+    pinned = runtime.admit(served, version)
     limits = runtime.config.server
-    uploading = True
-    try:
-        async with asyncio.timeout(limits.request_timeout_s):
-            with ExitStack() as held:
-                body = await read_body(request, limits.max_body_bytes, runtime.body_budget, held)
-                uploading = False
-                parsed, binary_default = _parse(body, request.headers.get(HEADER_LENGTH))
-                outputs = await infer(served, pinned, parsed, limits)
-    except TimeoutError:
-        if uploading:
-            raise SlowUpload(f"the body did not arrive within {limits.request_timeout_s:g} s") from None
-        raise PredictionTimeout(f"no answer within {limits.request_timeout_s:g} s; retry later") from None
+    async with deadline(limits) as timer:
+        with ExitStack() as held:  # the body's bytes stay reserved until the answer
+            body = await read_body(request, limits.max_body_bytes, runtime.body_budget, held)
+            timer.uploaded()
+            parsed, binary_default = _parse(body, request.headers.get(HEADER_LENGTH))
+            outputs = await infer(served, pinned, parsed, limits)
     binary = {output.name: output.binary for output in parsed.outputs or ()}
     return _answer(served.name, pinned.version, parsed.id, outputs, binary, binary_default)
 
