@@ -5,7 +5,7 @@ difference between figures taken in this same run, never a figure from another d
 model: the raw pipeline (decode, forward, postprocess in one thread, the server's own
 functions), then the naive server and model-serve under wrk, interleaved per client count so
 that both see the same background load. Beside model-serve's ``/predict``, its v2 doors (binary
-REST under wrk, gRPC under ``load_tests/grpc_load.py``) for the digits model and resnet18.
+REST under wrk, gRPC under h2load through ``load_tests/grpc_load.py``) for the digits model and resnet18.
 
     python load_tests/benchmark.py [--duration 10] [--clients 1,8,32] [--threads N]
                                    [--models digits,shapes,resnet18] [--v2-clients 1,32]
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import copy
 import io
 import os
 import shutil
@@ -46,13 +47,15 @@ from service.devices import available_cores
 from service.postprocess import Classification, Job, Segmentation, task_for
 
 try:
-    from load_tests.grpc_load import image_request, run_grpc_load
+    from load_tests.grpc_load import INSTALL_HINT as H2LOAD_HINT
+    from load_tests.grpc_load import find_h2load, image_request, run_grpc_load
     from load_tests.naive_server import load_model
     from load_tests.report import NAIVE, SERVE, Load, RawResult, Target, compute_targets, write_report
     from load_tests.server_process import free_port
     from load_tests.wrk import INSTALL_HINT, WrkResult, find_wrk, run_wrk, write_script
 except ModuleNotFoundError:  # run as `python load_tests/benchmark.py`: only load_tests/ is on the path
-    from grpc_load import image_request, run_grpc_load  # type: ignore[no-redef]
+    from grpc_load import INSTALL_HINT as H2LOAD_HINT  # type: ignore[no-redef]
+    from grpc_load import find_h2load, image_request, run_grpc_load  # type: ignore[no-redef]
     from naive_server import load_model  # type: ignore[no-redef]
     from report import (  # type: ignore[no-redef]
         NAIVE,
@@ -72,6 +75,15 @@ READY_TIMEOUT_S = 180
 # model-serve's v2 doors, measured beside its /predict for these models
 V2_REST, V2_GRPC = "model-serve v2 REST binary", "model-serve v2 gRPC"
 V2_MODELS = ("digits", "resnet18")
+# Per-model options measured at 32 clients beside the defaults, for these models, each variant
+# a model of its own in one more server (loaded and compiled before it is ready).
+OPTION_MODELS = ("shapes", "resnet18")
+OPTIONS: dict[str, dict[str, Any]] = {
+    "fixed max_batch_size": {"batching": {"adaptive": False}},
+    "channels_last": {"channels_last": True},
+    "channels_last + compile": {"channels_last": True, "compile": "default"},
+}
+OPTIONS_READY_TIMEOUT_S = 1200  # torch.compile of every batch bucket on a 2-core CPU
 
 Result = Classification | Segmentation
 
@@ -244,13 +256,15 @@ class Served:
 
 
 @contextlib.contextmanager
-def serving(system: str, config_path: Path, folder: Path) -> Iterator[Served]:
+def serving(
+    system: str, config_path: Path, folder: Path, ready_timeout_s: float = READY_TIMEOUT_S
+) -> Iterator[Served]:
     """A server subprocess on free loopback ports, ready; stopped by its own PID afterwards."""
     port = free_port()
     grpc_port = free_port() if system == SERVE else None
     # the config alone decides: no MODEL_SERVE_* override from the caller's environment
     env = {key: value for key, value in os.environ.items() if not key.startswith("MODEL_SERVE_")}
-    log_path = folder / f"{system}.log"
+    log_path = folder / f"{system}-{config_path.stem}.log"
     command = [
         sys.executable,
         "-m",
@@ -267,7 +281,7 @@ def serving(system: str, config_path: Path, folder: Path) -> Iterator[Served]:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
-            wait_ready(url, process, log_path)
+            wait_ready(url, process, log_path, ready_timeout_s)
             yield Served(url, f"127.0.0.1:{grpc_port}" if grpc_port is not None else None)
         finally:
             process.terminate()
@@ -278,17 +292,19 @@ def serving(system: str, config_path: Path, folder: Path) -> Iterator[Served]:
                 process.wait()
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:
     """Polls /readyz: model-serve answers 200 only once every model is loaded and warmed up."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            raise RuntimeError(
+                f"{process.args!r} exited {process.returncode}:\n{log_path.read_text()[-3000:]}"
+            )
         with contextlib.suppress(httpx.TransportError):
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
         time.sleep(0.2)
-    raise RuntimeError(f"{url} was not ready after {READY_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
+    raise RuntimeError(f"{url} was not ready after {timeout_s:g} s:\n{log_path.read_text()[-3000:]}")
 
 
 def settle(url: str) -> None:
@@ -459,7 +475,7 @@ def measure_v2(
     count: int,
     seconds: int,
 ) -> None:
-    """model-serve's binary v2 REST (wrk) and gRPC (``grpc_load`` in its own process) runs."""
+    """model-serve's binary v2 REST (wrk) and gRPC (h2load) runs."""
     path, header_length = body
     rest = run_wrk(
         f"{served.url}/v2/models/{name}/infer",
@@ -473,6 +489,85 @@ def measure_v2(
     assert served.grpc_address is not None
     remote = run_grpc_load(served.grpc_address, name, image, clients=count, seconds=seconds)
     record(results, (name, V2_GRPC, count), remote, served.url)
+
+
+def write_options_config(config_path: Path, names: Sequence[str]) -> Path:
+    """The benchmark's config with, for each model, one variant per entry of ``OPTIONS``."""
+    base = yaml.safe_load(config_path.read_text())
+    models = {}
+    for name in names:
+        for label, extra in OPTIONS.items():
+            entry = copy.deepcopy(base["models"][name])
+            entry.update({key: value for key, value in extra.items() if key != "batching"})
+            entry["batching"] = {**entry["batching"], **extra.get("batching", {})}
+            models[option_model(name, label)] = entry
+    path = config_path.with_name("options.yaml")
+    path.write_text(yaml.safe_dump({**base, "models": models}, sort_keys=False))
+    return path
+
+
+def option_model(name: str, label: str) -> str:
+    return f"{name}-{label.replace(' ', '').replace('+', '-')}"
+
+
+def measure_options(config_path: Path, folder: Path, images: dict[str, Path], seconds: int) -> Load:
+    """Each option variant of ``OPTION_MODELS`` at 32 clients, as ``model-serve <label>`` rows."""
+    names = [name for name in images if name in OPTION_MODELS]
+    results: Load = {}
+    if not names:
+        return results
+    script = write_script(folder)
+    options_path = write_options_config(config_path, names)
+    with serving(SERVE, options_path, folder, OPTIONS_READY_TIMEOUT_S) as served:
+        for name in names:
+            for label in OPTIONS:
+                result = run_wrk(
+                    f"{served.url}/predict?model={option_model(name, label)}",
+                    script,
+                    images[name],
+                    BENCHES[name].content_type,
+                    clients=32,
+                    seconds=seconds,
+                )
+                record(results, (name, f"{SERVE} {label}", 32), result, served.url)
+    return results
+
+
+def option_targets(raw: list[RawResult], load: Load) -> list[Target]:
+    """The performance issue's: at 32 clients, the defaults keep the ratio to raw measured before
+    (resnet18 1.27, U-Net 1.12) and the best option beats it."""
+    best = {name: max(r.images_per_s for r in raw if r.model == name) for name in {r.model for r in raw}}
+    found = []
+    for name, before in (("resnet18", 1.27), ("shapes", 1.12)):
+        if (name, SERVE, 32) not in load:
+            continue
+        default = load[name, SERVE, 32].rps / best[name]
+        found.append(
+            Target(
+                f"{name} 32 clients, defaults: model-serve / raw best",
+                default,
+                "x",
+                f">= {before}",
+                default >= before,
+            )
+        )
+        variants = {
+            label: load[name, f"{SERVE} {label}", 32].rps / best[name]
+            for label in OPTIONS
+            if (name, f"{SERVE} {label}", 32) in load
+        }
+        if variants:
+            label, ratio = max(variants.items(), key=lambda item: item[1])
+            found.append(
+                Target(
+                    f"{name} 32 clients, best option ({label}) / raw best",
+                    ratio,
+                    "x",
+                    f"> {before}",
+                    ratio > before,
+                )
+            )
+    return found
 
 
 def record(results: Load, key: tuple[str, str, int], result: WrkResult, url: str) -> None:
@@ -504,6 +599,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="torch threads of the raw in-process runs (default: free cores; naive uses them all)",
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--no-options",
+        action="store_true",
+        help=f"skip the per-model option variants ({', '.join(OPTIONS)}) of {list(OPTION_MODELS)}",
+    )
     args = parser.parse_args(argv)
     args.clients = [int(count) for count in args.clients.split(",")]
     args.v2_clients = [int(count) for count in args.v2_clients.split(",") if count]
@@ -514,9 +614,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def missing_tools() -> list[str]:
+def missing_tools(grpc: bool = True) -> list[str]:
     """What the run needs and cannot find, each with how to get it (checked before measuring)."""
-    return [] if find_wrk() is not None else [f"wrk is not on PATH: {INSTALL_HINT}"]
+    missing = [] if find_wrk() is not None else [f"wrk is not on PATH: {INSTALL_HINT}"]
+    if grpc and find_h2load() is None:
+        missing.append(f"h2load is not on PATH (gRPC runs; --v2-clients '' skips them): {H2LOAD_HINT}")
+    return missing
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -524,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Exit status 2, before anything is measured, when a tool is missing."""
     args = parse_args(argv)
-    missing = missing_tools()
+    missing = missing_tools(grpc=bool(args.v2_clients))
     if missing:
         for problem in missing:
             print(f"benchmark: {problem}", file=sys.stderr)
@@ -549,7 +652,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         load = measure_servers(
             config_path, folder, images, expected, args.clients, args.duration, args.v2_clients
         )
-    targets = compute_targets(raw, load) + v2_targets(load)
+        if not args.no_options:
+            load |= measure_options(config_path, folder, images, args.duration)
+    targets = compute_targets(raw, load) + v2_targets(load) + option_targets(raw, load)
     print(write_report(args.out, settings, raw, load, targets))
     return 1 if args.strict and not all(target.passed for target in targets) else 0
 
