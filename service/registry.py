@@ -149,6 +149,10 @@ class Registry:
     def _build(self, name: str, spec: ModelSpec) -> ServedModel:
         devices = resolve_devices(spec.devices, spec.cpu_replicas or available_cores())
         threads = spec.torch_threads or self.config.server.torch_threads
+        if threads is None and spec.compile:
+            # A compiled graph guards on torch's thread count: sharing the cores per batch
+            # (alone: all, together: one each) would recompile it on every change.
+            threads = max(1, available_cores() // len(devices))
         cores = CoreShare(available_cores())
         size = spec.input.size
         replicas = [

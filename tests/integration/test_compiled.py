@@ -35,13 +35,13 @@ def _compiles() -> int:
     return int(counters["frames"]["total"] + counters["stats"]["unique_graphs"])
 
 
-def _config(tmp_path: Path, *, adaptive: bool = False) -> Path:
+def _config(tmp_path: Path, *, adaptive: bool = False, replicas: int = 1) -> Path:
     entry = model_entry(
         ARCH,
         "a.pt",
         init_args=ARGS,
         compile="default",
-        cpu_replicas=1,
+        cpu_replicas=replicas,
         batching={"max_batch_size": 4, "adaptive": adaptive},
     )
     return write_config(tmp_path, {"c": entry})
@@ -109,3 +109,18 @@ async def test_reloading_a_compiled_model_under_load_loses_nothing(tmp_path: Pat
     for index, answer in answers:  # each answer is its own version's, never a mix
         body = answer.json()
         assert matches(body["predictions"][0], refs[body["version"]][index])
+
+
+async def test_cpu_replicas_running_together_never_recompile(tmp_path: Path) -> None:
+    """Replicas that share the cores per batch would change torch's thread count, which a
+    compiled graph guards on: compiled CPU replicas keep a fixed share instead."""
+    save_random_weights(ARCH, ARGS, tmp_path / "a.pt")
+    async with serving(_config(tmp_path, replicas=2)) as (client, _):
+        before = _compiles()
+        for _ in range(3):  # alone, then together: both replicas busy at once
+            answers = await asyncio.gather(
+                *(client.post("/predict?model=c", content=image, headers=PNG) for image in IMAGES * 2)
+            )
+            assert all(answer.status_code == 200 for answer in answers)
+        after = _compiles()
+    assert after == before, "serving recompiled the model"
