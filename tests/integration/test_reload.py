@@ -484,35 +484,32 @@ async def test_watcher_survives_a_file_it_cannot_read(tmp_path: Path) -> None:
 async def test_a_file_replaced_while_loading_is_never_served_under_the_wrong_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The watcher's race: the file is swapped after its weights were read, before its hash."""
+    """The watcher's race: the file is swapped right after its bytes were read. The version is
+    the hash of exactly the bytes loaded, so A's weights are served as A, never labelled B."""
     config, ckpts = _in_process_config(tmp_path)
     a = ckpts.versions["a.pt"]
     target = ckpts.root / "target.pt"
     target.write_bytes((ckpts.root / "a.pt").read_bytes())
     async with serving(config) as (client, _):
-        read = service.checkpoint.read_checkpoint
+        read = service.checkpoint.read_whole
 
-        def read_then_swap(path: Path, **kwargs: Any) -> Any:
-            raw = read(path, **kwargs)
+        def read_then_swap(path: Path) -> Any:
+            whole = read(path)
             if path.name == "target.pt":
                 swap = ckpts.root / ".swap.tmp"
                 swap.write_bytes((ckpts.root / "b.pt").read_bytes())
-                os.replace(swap, path)  # A's weights are in memory; B lands now
-            return raw
+                os.replace(swap, path)  # A's bytes are in memory; B lands now
+            return whole
 
         assert (
             await client.post("/models/m/reload", json={"checkpoint": "b.pt"}, headers=ADMIN)
         ).status_code == 200
-        monkeypatch.setattr(service.checkpoint, "read_checkpoint", read_then_swap)
+        monkeypatch.setattr(service.checkpoint, "read_whole", read_then_swap)
         answer = await client.post("/models/m/reload", json={"checkpoint": "target.pt"}, headers=ADMIN)
         body = await _predict(client, 4)
-    # either refused (old version B keeps serving) or served as A; never A's weights labelled B
-    if answer.status_code == 200:
-        assert answer.json()["version"] == a
-    else:
-        assert answer.json()["error"]["code"] == "checkpoint_error", answer.text
-        assert "changed" in answer.json()["error"]["message"]
-    assert matches(body["predictions"][0], ckpts.refs[body["version"]][4])
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["version"] == a == body["version"]
+    assert matches(body["predictions"][0], ckpts.refs[a][4])
 
 
 @pytest.mark.anyio
