@@ -43,16 +43,20 @@ def classification_body(
 
 
 def segmentation_body(results: Sequence[Segmentation]) -> list[dict[str, Any]]:
-    """Per image: its size, the class-index mask as base64 PNG, and pixels per class."""
-    return [
-        {
-            "width": int(result.mask.shape[1]),
-            "height": int(result.mask.shape[0]),
-            "mask_png_base64": base64.b64encode(result.png or b"").decode("ascii"),
-            "class_pixel_counts": result.class_pixel_counts,
-        }
-        for result in results
-    ]
+    """Per image: its size, the class-index mask as base64 PNG, and pixels per class
+    (``/predict``'s jobs always ask for the PNG)."""
+    body = []
+    for result in results:
+        assert result.png is not None, "segmentation_body needs jobs that asked for the mask PNG"
+        body.append(
+            {
+                "width": int(result.mask.shape[1]),
+                "height": int(result.mask.shape[0]),
+                "mask_png_base64": base64.b64encode(result.png).decode("ascii"),
+                "class_pixel_counts": result.class_pixel_counts,
+            }
+        )
+    return body
 
 
 def _label(labels: Sequence[str] | None, index: int) -> str:

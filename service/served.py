@@ -92,9 +92,12 @@ class ServedModel:
         return jobs
 
     def _decode(self, images: list[Image.Image], wants: Wants) -> list[Job]:
-        jobs = [Job.of_image(prepare_image(image, self.spec.input), wants) for image in images]
-        if wants.mask_at_input_size:
-            return [Job(job.pixels, self.spec.input.size, wants) for job in jobs]
+        """Masks are answered at each image's own size, or at the model's when ``wants`` says."""
+        jobs = []
+        for image in images:
+            decoded = prepare_image(image, self.spec.input)
+            size = self.spec.input.size if wants.mask_at_input_size else (decoded.height, decoded.width)
+            jobs.append(Job(decoded.pixels, size, wants))
         return jobs
 
     def submit(self, jobs: Sequence[Job], version: ModelVersion) -> asyncio.Future[list[Any]]:
