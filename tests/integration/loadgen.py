@@ -23,6 +23,33 @@ PNG = {"Content-Type": "image/png"}
 Send = Callable[[httpx.Client, int], httpx.Response]
 
 
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Polls ``condition`` until it holds; fails the test naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"not within {timeout_s} s: {what}")
+
+
+def arrived_and_in_flight(url: str, model: str) -> tuple[float, float]:
+    """(requests or calls that reached a door, of which still in flight) for ``model``, from
+    the server's own metrics: an answered one is counted in ``requests_total``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    in_flight = answered = 0.0
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=2).text):
+        for sample in family.samples:
+            if sample.labels.get("model") != model:
+                continue
+            if sample.name == "model_serve_in_flight_requests":
+                in_flight = sample.value
+            elif sample.name == "model_serve_requests_total":
+                answered += sample.value
+    return in_flight + answered, in_flight
+
+
 def file_version(path: Path) -> str:
     """The contract's version string: the first 12 hex digits of the file's SHA-256."""
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]

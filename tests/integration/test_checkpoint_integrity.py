@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from tests.integration.harness import ADMIN, model_entry, png, write_config
-from tests.integration.loadgen import PNG, Load, matches, reference_scores
+from tests.integration.loadgen import PNG, Load, matches, reference_scores, wait_until
 from tests.serving import ServerProcess
 
 ARCH = "tests.archs:slow_classifier"
@@ -91,13 +91,6 @@ def _version(url: str, name: str) -> str:
     return version
 
 
-def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
-        time.sleep(0.05)
-
-
 def _failures(url: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -145,7 +138,9 @@ def test_a_checkpoint_overwritten_in_place_is_never_served_half_written(
     assert len(predictions.outcomes) > 20
     assert _failures(server.url) > failed, "the watcher never tried a half-written file"
     assert "is not a whole torch checkpoint" in server.log()
-    _wait(lambda: _version(server.url, "w") == files.version(3), 10, "the watcher loads the last whole file")
+    wait_until(
+        lambda: _version(server.url, "w") == files.version(3), 10, "the watcher loads the last whole file"
+    )
 
 
 def _predict_on(url: str) -> Callable[[httpx.Client, int], httpx.Response]:
@@ -191,10 +186,10 @@ def test_the_watcher_loads_once_the_sha256_written_last_matches(server: ServerPr
     failed = _failures(server.url)
     new = next(i for i in range(len(files.data)) if files.version(i) != serving)
     watched.write_bytes(files.data[new])  # the .sha256 still describes the old content
-    _wait(lambda: _failures(server.url) > failed, 10, "the watcher tries the file and refuses it")
+    wait_until(lambda: _failures(server.url) > failed, 10, "the watcher tries the file and refuses it")
     assert _version(server.url, "w") == serving
     _sidecar(watched, hashlib.sha256(files.data[new]).hexdigest())  # published last
-    _wait(lambda: _version(server.url, "w") == files.version(new), 10, "the watcher loads the new file")
+    wait_until(lambda: _version(server.url, "w") == files.version(new), 10, "the watcher loads the new file")
 
 
 def test_a_fifo_at_the_watched_path_blocks_neither_serving_nor_shutdown(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.integration.harness import model_entry, png, save_random_weights, serving, write_config
-from tests.integration.loadgen import PNG
+from tests.integration.loadgen import PNG, arrived_and_in_flight, wait_until
 from tests.serving import ServerProcess
 
 ARCH = "tests.archs:slow_classifier"
@@ -25,22 +25,6 @@ def _config(folder: Path, grace_s: float = GRACE_S) -> Path:
     save_random_weights(ARCH, args, folder / "s.pt")
     entry = model_entry(ARCH, "s.pt", init_args=args, batching={"max_batch_size": 1})
     return write_config(folder, {"slow": entry}, server={"drain_grace_s": grace_s})
-
-
-def _arrived_and_in_flight(url: str) -> tuple[float, float]:
-    """(requests that reached the handler, of which still in flight) for the model ``slow``."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    in_flight = answered = 0.0
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=2).text):
-        for sample in family.samples:
-            if sample.labels.get("model") != "slow":
-                continue
-            if sample.name == "model_serve_in_flight_requests":
-                in_flight = sample.value
-            elif sample.name == "model_serve_requests_total":
-                answered += sample.value
-    return in_flight + answered, in_flight
 
 
 def _send_at_once(url: str, count: int, timeout_s: float) -> tuple[list[threading.Thread], list[int | str]]:
@@ -65,21 +49,11 @@ def _send_at_once(url: str, count: int, timeout_s: float) -> tuple[list[threadin
 
 def _wait_in_flight(url: str, count: int, at_least: int) -> None:
     def ready() -> bool:
-        arrived, in_flight = _arrived_and_in_flight(url)
+        arrived, in_flight = arrived_and_in_flight(url, "slow")
         assert arrived < count or in_flight >= at_least, "the requests finished before the signal"
         return arrived >= count
 
-    _wait(ready, 10, f"{count} requests sent, {at_least} of them in flight")
-
-
-def _wait(condition: object, timeout_s: float, what: str) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
+    wait_until(ready, 10, f"{count} requests sent, {at_least} of them in flight")
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> None:
@@ -89,7 +63,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> Non
         _wait_in_flight(server.url, 6, at_least=4)
         signalled = time.monotonic()
         server.terminate()
-        _wait(lambda: "draining" in server.log(), 5, "the server logs that it drains")
+        wait_until(lambda: "draining" in server.log(), 5, "the server logs that it drains")
 
         late: list[int | str] = []
         for _ in range(3):  # new connections after the signal: refused, closed unanswered, or 503

@@ -12,7 +12,6 @@ import asyncio
 import itertools
 import os
 import pickle
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 import service.checkpoint
 from service.watcher import watch_checkpoint
 from tests.integration.harness import ADMIN, model_entry, png, save_random_weights, serving, write_config
-from tests.integration.loadgen import PNG, Load, file_version, matches, reference_scores
+from tests.integration.loadgen import PNG, Load, file_version, matches, reference_scores, wait_until
 from tests.serving import ServerProcess
 
 ARCH = "tests.archs:slow_classifier"
@@ -93,15 +92,6 @@ def _version(url: str, name: str = "m") -> str:
     return version
 
 
-def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
-
-
 def _check_answers(
     load: Load, refs: dict[str, list[list[float]]], images_of: Callable[[int], list[int]]
 ) -> set[str]:
@@ -130,13 +120,13 @@ def _swap_under_load(url: str, ckpts: Checkpoints, load: Load, swaps: int, betwe
     def answered(at_least: int) -> Callable[[], bool]:
         return lambda: load.count() >= at_least
 
-    _wait(answered(between), 20, "the first answers under load")
+    wait_until(answered(between), 20, "the first answers under load")
     for swap in range(swaps):
         target = "b.pt" if swap % 2 == 0 else "a.pt"
         answer = _reload(url, target)
         assert answer.status_code == 200, answer.text
         assert answer.json()["version"] == ckpts.versions[target]
-        _wait(answered(load.count() + between), 20, "answers after a swap")
+        wait_until(answered(load.count() + between), 20, "answers after a swap")
 
 
 def test_reloads_under_load_drop_nothing_and_never_mix(server: ServerProcess, ckpts: Checkpoints) -> None:
@@ -320,19 +310,19 @@ def test_watch_reloads_a_replaced_file_and_refuses_a_corrupt_one(
         )
 
     replace((ckpts.root / "b.pt").read_bytes())
-    _wait(lambda: _version(server.url, "w") == b, 10, "the watcher loads the replaced file")
+    wait_until(lambda: _version(server.url, "w") == b, 10, "the watcher loads the replaced file")
     answer = httpx.post(f"{server.url}/predict?model=w&top_k=3", content=IMAGES[5], headers=PNG)
     assert answer.json()["version"] == b
     assert matches(answer.json()["predictions"][0], ckpts.refs[b][5])
 
     failed = failures()
     replace(b"PK\x03\x04 this is not a checkpoint at all" * 50)
-    _wait(lambda: failures() > failed, 10, "the watcher tries the corrupt file and counts a failure")
+    wait_until(lambda: failures() > failed, 10, "the watcher tries the corrupt file and counts a failure")
     assert _version(server.url, "w") == b
     assert httpx.post(f"{server.url}/predict?model=w", content=IMAGES[0], headers=PNG).status_code == 200
 
     replace((ckpts.root / "a.pt").read_bytes())  # the watcher still runs after a failure
-    _wait(lambda: _version(server.url, "w") == a, 10, "the watcher loads the next good file")
+    wait_until(lambda: _version(server.url, "w") == a, 10, "the watcher loads the next good file")
 
 
 # In-process: the registry's serialisation and rollback, and the watcher on its own.

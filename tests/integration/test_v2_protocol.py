@@ -14,7 +14,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from service import __version__
 from service.decode import decode_image
 from service.demo import demo_config
 from tests.integration.harness import model_entry, png, save_random_weights, write_config
-from tests.integration.loadgen import PNG, reference_scores
+from tests.integration.loadgen import PNG, reference_scores, wait_until
 from tests.serving import ServerProcess
 
 DOORS = ("rest-json", "rest-binary", "grpc")
@@ -568,15 +567,6 @@ def _batches_of_at_least_three(url: str) -> float:
     return count - small
 
 
-def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
-
-
 def test_predict_rest_and_grpc_requests_share_one_batch(slow_server: SlowServer) -> None:
     url = slow_server.server.url
     pictures = [png(10), png(60), png(130), png(250)]
@@ -628,7 +618,7 @@ def test_predict_rest_and_grpc_requests_share_one_batch(slow_server: SlowServer)
     before = _batches_of_at_least_three(url)
     threads = {name: threading.Thread(target=run, args=(name,), daemon=True) for name in calls}
     threads["occupier"].start()
-    _wait(lambda: httpx.get(f"{url}/models/slow").json()["replicas"][0]["busy"], 10, "the replica busy")
+    wait_until(lambda: httpx.get(f"{url}/models/slow").json()["replicas"][0]["busy"], 10, "the replica busy")
     for name in ("predict", "v2-rest", "v2-grpc"):
         threads[name].start()
     for thread in threads.values():

@@ -20,11 +20,10 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
-from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from tests.integration.harness import ADMIN, model_entry, png, save_random_weights, write_config
-from tests.integration.loadgen import file_version, reference_scores
+from tests.integration.loadgen import arrived_and_in_flight, file_version, reference_scores, wait_until
 from tests.serving import ServerProcess
 
 ARCH = "tests.archs:slow_classifier"
@@ -188,29 +187,6 @@ GRACE_S = 10.0
 CALLS = 6
 
 
-def _arrived_and_in_flight(url: str) -> tuple[float, float]:
-    """(calls that reached a door, of which still in flight) for the model ``slow``."""
-    in_flight = answered = 0.0
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=2).text):
-        for sample in family.samples:
-            if sample.labels.get("model") != "slow":
-                continue
-            if sample.name == "model_serve_in_flight_requests":
-                in_flight = sample.value
-            elif sample.name == "model_serve_requests_total":
-                answered += sample.value
-    return in_flight + answered, in_flight
-
-
-def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
-
-
 def test_sigterm_answers_every_grpc_call_in_flight_and_exits_zero(tmp_path: Path) -> None:
     """All ``CALLS`` calls reach the server before the signal, so every one must be answered
     200 with its correct scores; a call made after draining began must get UNAVAILABLE."""
@@ -240,14 +216,14 @@ def test_sigterm_answers_every_grpc_call_in_flight_and_exits_zero(tmp_path: Path
             thread.start()
 
         def all_arrived() -> bool:
-            arrived, in_flight = _arrived_and_in_flight(server.url)
+            arrived, in_flight = arrived_and_in_flight(server.url, "slow")
             assert arrived < CALLS or in_flight >= CALLS - 2, "the calls finished before the signal"
             return arrived >= CALLS
 
-        _wait(all_arrived, 10, f"{CALLS} gRPC calls in flight")
+        wait_until(all_arrived, 10, f"{CALLS} gRPC calls in flight")
         signalled = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
-        _wait(lambda: "draining" in server.log(), 5, "the server logs that it drains")
+        wait_until(lambda: "draining" in server.log(), 5, "the server logs that it drains")
 
         late = triton_grpc.InferenceServerClient(server.grpc_address)
         request = triton_grpc.InferInput("image", [1], "BYTES")
