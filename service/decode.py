@@ -92,11 +92,6 @@ def prepare_image(image: Image.Image, spec: InputSpec) -> DecodedImage:
         image.close()  # the caller's object would otherwise keep the full-resolution pixels
 
 
-def prepare_images(images: list[Image.Image], spec: InputSpec) -> list[DecodedImage]:
-    """Several opened images in order (one thread hop for a whole multipart request)."""
-    return [prepare_image(image, spec) for image in images]
-
-
 def is_tiny(images: list[Image.Image]) -> bool:
     """Small enough that decoding costs less than handing the work to another thread."""
     return sum(image.size[0] * image.size[1] for image in images) <= INLINE_MAX_PIXELS

@@ -16,10 +16,9 @@ from service.architecture import build_model
 from service.checkpoint import (
     RawCheckpoint,
     apply_checkpoint,
-    checkpoint_version,
     dtype_name,
     match_state_dict,
-    read_checkpoint,
+    read_verified,
     shared_prefixes,
 )
 from service.errors import CheckpointError, ConfigError
@@ -39,8 +38,7 @@ def inspect_checkpoint(
 ) -> int:
     """Print a report on ``path`` to ``out``; returns the process exit code (0 only if it loads)."""
     try:
-        raw = read_checkpoint(path, map_location="cpu", trust_pickle=trust_pickle)
-        version = checkpoint_version(path)
+        raw, version = read_verified(path, trust_pickle=trust_pickle)  # one read: bytes and version
     except CheckpointError as exc:
         print(f"error: {exc.message}", file=out)
         return UNREADABLE

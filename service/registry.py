@@ -54,10 +54,13 @@ class Registry:
 
     def get(self, name: str | None) -> ServedModel:
         """The named model (the default one for ``None``); 404 when unknown."""
-        key = name or self.config.default_model_name
-        served = self.models.get(key)
+        return self.named(name or self.config.default_model_name)
+
+    def named(self, name: str) -> ServedModel:
+        """The model called exactly ``name`` (the v2 protocol has no default model); 404 when unknown."""
+        served = self.models.get(name)
         if served is None:
-            raise NotFound(f"no model named {key!r}; loaded models: {sorted(self.models)}")
+            raise NotFound(f"no model named {name!r}; loaded models: {sorted(self.models)}")
         return served
 
     async def start(self) -> None:

@@ -71,9 +71,15 @@ class ServedModel:
             raise NotReady(
                 f"model {self.name!r} is not ready yet; retry shortly", headers={"Retry-After": "1"}
             )
-        if version is not None and version != active.version:
-            raise NotFound(f"model {self.name!r} has no version {version!r}; it serves {active.version}")
+        self.check_version(version)
         return active
+
+    def check_version(self, version: str | None) -> None:
+        """404 when ``version`` is given and is not the one serving (nothing to check before
+        the first version is loaded)."""
+        active = self.active
+        if version is not None and active is not None and version != active.version:
+            raise NotFound(f"model {self.name!r} has no version {version!r}; it serves {active.version}")
 
     async def prepare(self, blobs: Sequence[bytes], wants: Wants) -> list[Job]:
         """Encoded images -> jobs at the model's input size (the header is checked first)."""

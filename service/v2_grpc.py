@@ -20,7 +20,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from service.access import Access, RequestIds, note_model
-from service.errors import BadRequest, ConfigError, NotFound, ServeError
+from service.errors import BadRequest, ConfigError, ServeError
 from service.served import ServedModel, accounted, deadline
 from service.v2_infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
 from service.v2_tensors import InputTensor, from_contents, from_raw, parse_shape, to_raw
@@ -72,10 +72,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            served = self._model(request.name)
-            active = served.active
-            if request.version and active is not None and request.version != active.version:
-                raise NotFound(f"model {request.name!r} has no version {request.version!r}")
+            served = self.runtime.registry.named(request.name)
+            served.check_version(request.version or None)
         except ServeError as error:
             await _abort(context, error)
         return pb.ModelReadyResponse(ready=served.ready)
@@ -85,7 +83,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            served = self._model(request.name)
+            served = self.runtime.registry.named(request.name)
             described = model_metadata(served, served.pin(request.version or None))
         except ServeError as error:
             await _abort(context, error)
@@ -103,7 +101,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         served = runtime.registry.models.get(request.model_name)
         with accounted(served.metrics if served is not None else runtime.unknown_model_metrics) as answer:
             try:
-                response = await self._infer(request, self._model(request.model_name))
+                response = await self._infer(request, self.runtime.registry.named(request.model_name))
             except ServeError as error:
                 answer.failed(error)
                 await _abort(context, error)
@@ -130,12 +128,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             ],
             raw_output_contents=[to_raw(tensor) for tensor in outputs],
         )
-
-    def _model(self, name: str) -> ServedModel:
-        served = self.runtime.registry.models.get(name)
-        if served is None:
-            raise NotFound(f"no model named {name!r}; loaded models: {sorted(self.runtime.registry.models)}")
-        return served
 
 
 def _inputs(request: Any) -> list[InputTensor]:

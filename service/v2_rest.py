@@ -77,7 +77,7 @@ async def ready(request: Request) -> Response:
 @router.get("/models/{name}/versions/{version}", summary="Model metadata of one version")
 async def get_model_metadata(name: str, request: Request, version: str | None = None) -> Response:
     try:
-        served = _model(_runtime(request), name)
+        served = _runtime(request).registry.named(name)
         return _json(model_metadata(served, served.pin(version)))
     except ServeError as error:
         return v2_error(error)
@@ -87,9 +87,8 @@ async def get_model_metadata(name: str, request: Request, version: str | None = 
 @router.get("/models/{name}/versions/{version}/ready", summary="Model version ready")
 async def model_ready(name: str, request: Request, version: str | None = None) -> Response:
     try:
-        served = _model(_runtime(request), name)
-        if version is not None and served.active is not None and version != served.active.version:
-            raise NotFound(f"model {name!r} has no version {version!r}")
+        served = _runtime(request).registry.named(name)
+        served.check_version(version)
     except ServeError as error:
         return v2_error(error)
     return _json({"name": name, "ready": served.ready}, 200 if served.ready else 503)
@@ -106,7 +105,7 @@ async def infer_route(request: Request) -> Response:
     served = runtime.registry.models.get(name)
     with accounted(served.metrics if served is not None else runtime.unknown_model_metrics) as answer:
         try:
-            response = await _infer(runtime, request, _model(runtime, name), version)
+            response = await _infer(runtime, request, runtime.registry.named(name), version)
         except ServeError as error:
             answer.failed(error)
             response = v2_error(error)
@@ -136,13 +135,6 @@ def infer_target(path: str) -> tuple[str, str | None] | None:
     if len(parts) == 7 and parts[4] == "versions":
         return parts[3], parts[5]
     return None
-
-
-def _model(runtime: Runtime, name: str) -> ServedModel:
-    served = runtime.registry.models.get(name)
-    if served is None:
-        raise NotFound(f"no model named {name!r}; loaded models: {sorted(runtime.registry.models)}")
-    return served
 
 
 async def _infer(runtime: Runtime, request: Request, served: ServedModel, version: str | None) -> Response:
