@@ -12,13 +12,25 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from contextvars import ContextVar, Token
+from typing import Any
 
 from service.logs import REQUEST_ID
 
 log = logging.getLogger("service.access")
 _CURRENT: ContextVar[Access | None] = ContextVar("access", default=None)
-_FORMAT = "%s %.2f ms%s client=%s"
+
+LineSink = Callable[["Access", str], None]
+"""Writes one access line: the ``Access`` and its message (``Access.fields`` for JSON)."""
+_sink: LineSink | None = None  # None: through ``logging`` (``write_lines_with``)
+
+
+def write_lines_with(sink: LineSink | None) -> None:
+    """Access lines go to ``sink`` from now on, not through ``logging`` (``configure_logging``
+    sets one up for the server's own log; None goes back to ``logging``, e.g. for tests)."""
+    global _sink
+    _sink = sink
 
 
 class Access:
@@ -28,6 +40,7 @@ class Access:
         "_tokens",
         "client",
         "code",
+        "duration_ms",
         "method",
         "model",
         "path",
@@ -50,6 +63,7 @@ class Access:
         self.code: str | None = None  # gRPC's status code name
         self.model: str | None = None
         self.version: str | None = None
+        self.duration_ms: float | None = None
 
     def begin(self) -> None:
         """Makes this the current request's line (for ``note_model``) and sets its id for logging."""
@@ -58,38 +72,51 @@ class Access:
     def finish(self) -> None:
         """Writes the line (once the answer is sent); the context is as before ``begin`` again."""
         try:
-            if log.isEnabledFor(logging.INFO):
-                self._write()
+            if _sink is not None:
+                _sink(self, self.message())
+            elif log.isEnabledFor(logging.INFO):
+                # makeRecord and handle, not log.info: the caller's frame (findCaller) is a third of the cost
+                record = log.makeRecord(log.name, logging.INFO, __file__, 0, self.message(), (), None)
+                record.__dict__.update(self.fields())
+                log.handle(record)
         finally:
             request_id, current = self._tokens
             _CURRENT.reset(current)
             REQUEST_ID.reset(request_id)
 
-    def _write(self) -> None:
-        duration_ms = round((time.perf_counter() - self.started) * 1000, 3)
-        path = self.path if self.path.isprintable() else self.path.encode("unicode_escape").decode()
+    def message(self) -> str:
+        """The line's text; its duration is measured up to the first call."""
+        if self.duration_ms is None:
+            self.duration_ms = round((time.perf_counter() - self.started) * 1000, 3)
         if self.code is None:
-            head = f"{self.method} {path} {'-' if self.status is None else self.status}"
+            head = f"{self.method} {self.shown_path} {'-' if self.status is None else self.status}"
         else:
             head = f"gRPC {self.method} {self.code} ({self.status})"
         known = "" if self.model is None else f" model={self.model}"
         if self.version is not None:
             known += f" version={self.version}"
-        fields = {
+        return f"{head} {self.duration_ms:.2f} ms{known} client={self.client or '-'}"
+
+    def fields(self) -> dict[str, Any]:
+        """The line's fields, as JSON lines carry them (after ``message``)."""
+        fields: dict[str, Any] = {
             "protocol": self.protocol,
             "method": self.method,
-            "path": path,
+            "path": self.shown_path,
             "status": self.status,
-            "duration_ms": duration_ms,
+            "duration_ms": self.duration_ms,
             "model": self.model,
             "version": self.version,
             "client": self.client,
         }
         if self.code is not None:
             fields["grpc_code"] = self.code
-        args = (head, duration_ms, known, self.client or "-")
-        # makeRecord and handle, not log.info: the caller's frame (findCaller) is a third of the cost
-        log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, _FORMAT, args, None, extra=fields))
+        return fields
+
+    @property
+    def shown_path(self) -> str:
+        """The path, escaped when it holds control characters (a forged line break)."""
+        return self.path if self.path.isprintable() else self.path.encode("unicode_escape").decode()
 
 
 def note_model(model: str, version: str | None = None) -> None:

@@ -165,21 +165,33 @@ class ServeApp(FastAPI):
             return
         access = _access(scope, self.request_ids)
         access.begin()
-        send = _answering(send, access)
         try:
             handler = _fast_path(scope)
             if handler is None:
-                await super().__call__(scope, receive, send)
-                return
-            scope["app"] = self
-            request = Request(scope, receive, send)
-            try:
-                response = await handler(request)
-            except Exception as exc:
-                response = _unexpected(request, exc)
-            await response(scope, receive, send)
+                await super().__call__(scope, receive, _answering(send, access))
+            else:
+                await self._answer(handler, scope, receive, send, access)
         finally:
             access.finish()
+
+    async def _answer(
+        self,
+        handler: Callable[[Request], Awaitable[Response]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        access: Access,
+    ) -> None:
+        """A fast-path request: its handler's response, with the request id, sent as is."""
+        scope["app"] = self
+        request = Request(scope, receive, send)
+        try:
+            response = await handler(request)
+        except Exception as exc:
+            response = _unexpected(request, exc)
+        response.raw_headers.append((b"x-request-id", access.request_id.encode()))
+        access.status = response.status_code
+        await response(scope, receive, send)
 
 
 def _access(scope: Scope, ids: RequestIds) -> Access:

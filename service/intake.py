@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from contextlib import ExitStack
+from urllib.parse import parse_qsl
 
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 from service.budget import Budget
 from service.errors import (
@@ -42,17 +43,20 @@ async def read_body(request: Request, limit: int, budget: Budget, held: ExitStac
         held.enter_context(budget.reserve(int(declared)))
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge(f"the body is over the limit of {limit} bytes")
-            if declared is None:
-                held.enter_context(budget.reserve(len(chunk)))
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise ClientGone("the client disconnected during the upload") from None
-    return b"".join(chunks)
+    more = True
+    while more:  # the ASGI messages themselves: Starlette's stream() adds a generator per request
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone("the client disconnected during the upload")
+        chunk: bytes = message.get("body", b"")
+        more = message.get("more_body", False)
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"the body is over the limit of {limit} bytes")
+        if declared is None and chunk:
+            held.enter_context(budget.reserve(len(chunk)))
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def image_blobs(request: Request, body: bytes, *, max_images: int) -> list[bytes]:
@@ -96,6 +100,12 @@ async def _multipart_files(headers: Headers, body: bytes, max_images: int) -> li
 
 async def _single_chunk(body: bytes) -> AsyncGenerator[bytes, None]:
     yield body
+
+
+def query_values(request: Request) -> dict[str, str]:
+    """The query string's parameters, the last value of a repeated one (as Starlette's
+    ``query_params.get``), without building its multi-dict: this runs for every request."""
+    return dict(parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True))
 
 
 def parse_top_k(raw: str | None, default: int = 5) -> int:

@@ -8,12 +8,17 @@ keys of the JSON object; text lines carry them in their message already.
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
+
+if TYPE_CHECKING:
+    from service.access import Access
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
@@ -55,12 +60,16 @@ class _Seconds:
         return last[1]
 
 
+_TEXT_SECONDS = ("%Y-%m-%d %H:%M:%S", time.localtime)  # then ",mmm"
+_JSON_SECONDS = ("%Y-%m-%dT%H:%M:%S", time.gmtime)  # then ".mmmZ"
+
+
 class TextFormatter(logging.Formatter):
     """``TEXT_FORMAT``, with ``asctime`` as ``logging`` writes it (local time, milliseconds)."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
-        self._seconds = _Seconds("%Y-%m-%d %H:%M:%S", time.localtime)
+        self._seconds = _Seconds(*_TEXT_SECONDS)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return f"{self._seconds(record.created)},{int(record.msecs):03d}"
@@ -72,7 +81,7 @@ class JsonFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._seconds = _Seconds("%Y-%m-%dT%H:%M:%S", time.gmtime)
+        self._seconds = _Seconds(*_JSON_SECONDS)
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -90,10 +99,113 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class LineWriter:
+    """Log lines to a stream, from any thread; the access lines in batches, one write every
+    ``interval_s`` (or every ``max_pending`` characters) instead of one per request.
+
+    Every other line is ``urgent``: written at once, after whatever is pending, so the order of
+    lines is kept and a start-up, audit or error line is there as soon as it is logged. A
+    daemon thread writes what is pending ``interval_s`` after the first line of a batch;
+    ``flush`` (logging's shutdown calls it at exit) writes it now.
+    """
+
+    def __init__(self, stream: TextIO, *, interval_s: float = 0.1, max_pending: int = 64 * 1024) -> None:
+        self.stream = stream
+        self.interval_s = interval_s
+        self.max_pending = max_pending
+        self._pending: list[str] = []
+        self._size = 0
+        self._lock = threading.Lock()
+        self._due = threading.Event()
+        threading.Thread(target=self._write_when_due, name="log-writer", daemon=True).start()
+
+    def add(self, line: str, *, urgent: bool = False) -> None:
+        """Queues ``line`` (with its newline); ``urgent`` writes it and all before it now."""
+        with self._lock:
+            self._pending.append(line)
+            self._size += len(line)
+            full = self._size >= self.max_pending
+            first = len(self._pending) == 1
+        if urgent or full:
+            self.flush()
+        elif first:
+            self._due.set()
+
+    def flush(self) -> None:
+        with self._lock:
+            lines, self._pending, self._size = self._pending, [], 0
+            if lines:  # under the lock: two flushes never interleave their lines
+                self.stream.write("".join(lines))
+                self.stream.flush()
+
+    def _write_when_due(self) -> None:
+        while True:
+            self._due.wait()
+            self._due.clear()
+            time.sleep(self.interval_s)
+            try:
+                self.flush()
+            except (OSError, ValueError):  # stderr closed or gone: nowhere left to say so
+                continue
+
+
+class LineHandler(logging.Handler):
+    """A ``logging`` handler that writes formatted lines through a ``LineWriter``, at once."""
+
+    def __init__(self, writer: LineWriter) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.writer.add(self.format(record) + "\n", urgent=True)
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+
+class AccessLines:
+    """The access lines' own path to the ``LineWriter``: the same line ``TextFormatter`` or
+    ``JsonFormatter`` would write for the record ``Access`` used to build, from one f-string.
+
+    Measured under load here, ``logging``'s record, filter and handler chain cost about 30 us
+    a line, as much as answering a small model's request without decoding its image.
+    """
+
+    def __init__(self, writer: LineWriter, *, json: bool) -> None:
+        self.writer = writer
+        self.json = json
+        self._seconds = _Seconds(*(_JSON_SECONDS if json else _TEXT_SECONDS))
+
+    def __call__(self, access: Access, message: str) -> None:
+        now = time.time()
+        milliseconds = int((now - int(now)) * 1000)
+        if not self.json:
+            stamp = f"{self._seconds(now)},{milliseconds:03d}"
+            line = f"{stamp} INFO service.access [{access.request_id}] {message}\n"
+        else:
+            entry = {
+                "time": f"{self._seconds(now)}.{milliseconds:03d}Z",
+                "level": "INFO",
+                "logger": "service.access",
+                "message": message,
+                "request_id": access.request_id,
+                **access.fields(),
+            }
+            line = orjson.dumps(entry, default=str).decode() + "\n"
+        self.writer.add(line)
+
+
 def configure_logging(log_format: str, level: int = logging.INFO, *, access_log: bool = True) -> None:
-    """Root logging for the server process (called by the CLI, never at import); without
-    ``access_log`` the per-request lines of ``service.access`` are off (audit lines stay)."""
-    handler = logging.StreamHandler()
+    """Root logging for the server process (called by the CLI, never at import), to stderr in
+    batches (``LineWriter``); without ``access_log`` the per-request lines of
+    ``service.access`` are off (audit lines stay)."""
+    from service import access  # here: access imports REQUEST_ID from this module
+
+    writer = LineWriter(sys.stderr)
+    handler = LineHandler(writer)
     if log_format == "json":
         handler.addFilter(RequestIdFilter(None))
         handler.setFormatter(JsonFormatter())
@@ -107,3 +219,6 @@ def configure_logging(log_format: str, level: int = logging.INFO, *, access_log:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("service.access").disabled = not access_log
+    access_logger = logging.getLogger("service.access")
+    fast = access_log and access_logger.getEffectiveLevel() <= logging.INFO
+    access.write_lines_with(AccessLines(writer, json=log_format == "json") if fast else None)

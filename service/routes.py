@@ -26,7 +26,7 @@ from service.errors import (
     ServeError,
     Unauthorized,
 )
-from service.intake import image_blobs, parse_top_k, read_body
+from service.intake import image_blobs, parse_top_k, query_values, read_body
 from service.postprocess import Wants
 from service.render import classification_body, error_response, json_response, segmentation_body
 from service.runtime import Runtime
@@ -47,12 +47,13 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 async def predict(request: Request) -> Response:
     """Images in (raw body or multipart ``file`` parts), predictions out, in order."""
     runtime = get_runtime(request)
-    name = request.query_params.get("model") or runtime.config.default_model_name
+    query = query_values(request)
+    name = query.get("model") or runtime.config.default_model_name
     note_model(name)
     served = runtime.registry.models.get(name)
     with accounted(served.metrics if served is not None else runtime.unknown_model_metrics) as answer:
         try:
-            response = await _predict(runtime, request, served or runtime.registry.get(name))
+            response = await _predict(runtime, request, query, served or runtime.registry.get(name))
         except ServeError as error:
             answer.failed(error)
             response = error_response(error)
@@ -71,9 +72,11 @@ router.add_api_route(
 )
 
 
-async def _predict(runtime: Runtime, request: Request, served: ServedModel) -> Response:
+async def _predict(
+    runtime: Runtime, request: Request, query: dict[str, str], served: ServedModel
+) -> Response:
     version = runtime.admit(served)
-    wants = Wants(top_k=parse_top_k(request.query_params.get("top_k")))
+    wants = Wants(top_k=parse_top_k(query.get("top_k")))
     server = runtime.config.server
     async with deadline(server) as timer:
         with ExitStack() as held:  # the body's bytes stay reserved until the answer

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 from PIL import Image
@@ -139,20 +139,31 @@ class ServedModel:
 
 class Deadline:
     """One timer for a whole request (upload, decode, queue, forward); when it runs out the
-    request's error says which phase it was in: 408 while uploading, else 504."""
+    request's error says which phase it was in: 408 while uploading, else 504.
+
+    ``async with deadline(limits) as timer``. A class, not a generator-based context manager:
+    every request enters one, and the generator machinery cost as much as the timer.
+    """
+
+    __slots__ = ("_timeout", "seconds", "uploading")
 
     def __init__(self, limits: ServerSpec, *, uploading: bool) -> None:
         self.seconds = limits.request_timeout_s
         self.uploading = uploading
+        self._timeout = asyncio.timeout(self.seconds)
 
     def uploaded(self) -> None:
         self.uploading = False
 
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[Deadline]:
+    async def __aenter__(self) -> Deadline:
+        await self._timeout.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         try:
-            async with asyncio.timeout(self.seconds):
-                yield self
+            await self._timeout.__aexit__(kind, error, trace)
         except TimeoutError:
             if self.uploading:
                 raise SlowUpload(f"the body did not arrive within {self.seconds:g} s") from None
@@ -161,29 +172,43 @@ class Deadline:
             ) from None
 
 
-def deadline(limits: ServerSpec, *, uploading: bool = True) -> AbstractAsyncContextManager[Deadline]:
-    """``async with deadline(limits) as timer``: the request's one deadline (see ``Deadline``)."""
-    return Deadline(limits, uploading=uploading).running()
+def deadline(limits: ServerSpec, *, uploading: bool = True) -> Deadline:
+    """The request's one deadline (see ``Deadline``); enter it with ``async with``."""
+    return Deadline(limits, uploading=uploading)
 
 
-@contextmanager
-def accounted(metrics: ModelMetrics) -> Iterator[Answered]:
+def accounted(metrics: ModelMetrics) -> Accounting:
+    """``with accounted(metrics) as answer``: one request's metrics (see ``Accounting``)."""
+    return Accounting(metrics)
+
+
+class Accounting:
     """One request's metrics, the same for every door: in flight while it runs, then its
-    answer's status (``Answered.status``, set by the door) and duration; refusals by reason."""
-    answered = Answered()
-    started = time.monotonic()
-    metrics.in_flight.inc()
-    try:
-        yield answered
-    finally:
+    answer's status (``Answered.status``, set by the door) and duration; refusals by reason.
+    A class for the reason ``Deadline`` is one."""
+
+    __slots__ = ("_answered", "_metrics", "_started")
+
+    def __init__(self, metrics: ModelMetrics) -> None:
+        self._metrics = metrics
+        self._answered = Answered()
+
+    def __enter__(self) -> Answered:
+        self._started = time.monotonic()
+        self._metrics.in_flight.inc()
+        return self._answered
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        metrics, answered = self._metrics, self._answered
         metrics.in_flight.dec()
-        error = answered.error
-        if error is not None and error.status != 500:
-            metrics.rejected(error.code)
-        metrics.answered(answered.status, time.monotonic() - started)
+        if answered.error is not None and answered.error.status != 500:
+            metrics.rejected(answered.error.code)
+        metrics.answered(answered.status, time.monotonic() - self._started)
 
 
-@dataclass
+@dataclass(slots=True)
 class Answered:
     """What a door answered: its HTTP status (gRPC doors give the equivalent one)."""
 

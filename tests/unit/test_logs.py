@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
+import time
+from collections.abc import Iterator
 
 import pytest
 
+from service import access as access_module
 from service.access import Access, note_model
-from service.logs import REQUEST_ID, JsonFormatter, RequestIdFilter, TextFormatter, configure_logging
+from service.logs import (
+    REQUEST_ID,
+    AccessLines,
+    JsonFormatter,
+    LineWriter,
+    RequestIdFilter,
+    TextFormatter,
+    configure_logging,
+)
+
+
+@pytest.fixture(autouse=True)
+def _access_lines_through_logging() -> Iterator[None]:
+    """``configure_logging`` points access lines at its own writer: back to ``logging`` after."""
+    yield
+    access_module.write_lines_with(None)
 
 
 def _record(
@@ -94,6 +113,88 @@ def test_access_lines_can_be_turned_off_but_audit_lines_stay() -> None:
         assert not logging.getLogger("service.audit").disabled
         configure_logging("text")
         assert not logging.getLogger("service.access").disabled
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+
+
+def _logged_line(access: Access, log_format: str) -> str:
+    """What the ``logging`` path writes for ``access``: the reference for ``AccessLines``."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RequestIdFilter(None if log_format == "json" else "-"))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    logger = logging.getLogger("service.access")
+    saved = logger.handlers[:], logger.propagate, logger.level
+    logger.handlers[:], logger.propagate = [handler], False
+    logger.setLevel(logging.INFO)
+    try:
+        access.finish()
+    finally:
+        logger.handlers[:], logger.propagate, level = saved
+        logger.setLevel(level)
+    return stream.getvalue()
+
+
+def _finished() -> Access:
+    access = Access("http", "POST", "/predict", "127.0.0.1:5000", "req-9")
+    access.begin()
+    access.status, access.model, access.version = 200, "digits", "0123456789ab"
+    return access
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_the_fast_access_line_is_the_line_logging_would_write(log_format: str) -> None:
+    access = _finished()
+    expected = _logged_line(access, log_format)  # also measures the duration, once
+    stream = io.StringIO()
+    writer = LineWriter(stream)
+    AccessLines(writer, json=log_format == "json")(access, access.message())
+    writer.flush()
+    written = stream.getvalue()
+    if log_format == "text":
+        assert written.endswith("\n")
+        assert written[len("2026-01-01 00:00:00,000") :] == expected[len("2026-01-01 00:00:00,000") :]
+    else:
+        mine, theirs = json.loads(written), json.loads(expected)
+        assert mine.pop("time").endswith("Z") and theirs.pop("time").endswith("Z")
+        assert mine == theirs and mine["status"] == 200 and mine["request_id"] == "req-9"
+
+
+def test_access_lines_wait_for_the_writer_and_an_urgent_line_writes_them_first_in_order() -> None:
+    stream = io.StringIO()
+    writer = LineWriter(stream, interval_s=30.0)
+    writer.add("access 1\n")
+    writer.add("access 2\n")
+    assert stream.getvalue() == ""  # batched: no write per request
+    writer.add("WARNING audit\n", urgent=True)
+    assert stream.getvalue() == "access 1\naccess 2\nWARNING audit\n"
+
+
+def test_batched_lines_are_written_within_the_interval_or_when_the_batch_is_full() -> None:
+    stream = io.StringIO()
+    writer = LineWriter(stream, interval_s=0.05)
+    writer.add("soon\n")
+    deadline = time.monotonic() + 5
+    while not stream.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stream.getvalue() == "soon\n"
+    full = io.StringIO()
+    small = LineWriter(full, interval_s=30.0, max_pending=10)
+    small.add("12345\n")
+    assert full.getvalue() == ""
+    small.add("67890\n")
+    assert full.getvalue() == "12345\n67890\n"
+
+
+def test_configured_logging_sends_access_lines_the_fast_way_and_off_means_none() -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("text")
+        assert access_module._sink is not None
+        configure_logging("text", access_log=False)
+        assert access_module._sink is None
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
