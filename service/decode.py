@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 from service import prescan
 from service.config import InputSpec
 from service.errors import BadImage, TooLarge
+from service.plain_png import PlainPng, plain_png
 
 _MODES = {1: "L", 3: "RGB"}
 # Measured here: a thread hop costs about what decoding a 128x128 image does.
@@ -53,16 +54,26 @@ class DecodedImage:
     height: int
 
 
+Opened = Image.Image | PlainPng
+"""An upload whose header is read and checked, and whose pixels are not decoded yet."""
+
+
 def decode_image(data: bytes, spec: InputSpec, *, max_pixels: int) -> DecodedImage:
     """Decode, orient, convert and resize one image; refuses bombs before the full decode."""
     return prepare_image(open_image(data, max_pixels=max_pixels), spec)
 
 
-def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
+def open_image(data: bytes, *, max_pixels: int) -> Opened:
     """Pre-scans the structure and reads only the header: no pixel is decoded before the size check."""
     if not data:
         raise BadImage("the image is empty: send the image bytes as the body or a 'file' part")
     kind = prescan.scan(data)
+    plain = plain_png(data) if kind == "PNG" else None
+    if plain is not None:
+        width, height = plain.size
+        if width * height > max_pixels:
+            raise TooLarge(f"the image is {width}x{height}; at most {max_pixels} pixels are accepted")
+        return plain
     try:
         image = Image.open(io.BytesIO(data), formats=[kind])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -79,7 +90,7 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
     return image
 
 
-def prepare_image(image: Image.Image, spec: InputSpec) -> DecodedImage:
+def prepare_image(image: Opened, spec: InputSpec) -> DecodedImage:
     """Full decode of an opened image, then orientation, channels and resize; closes ``image``.
 
     Every failure, of any exception type, is ``BadImage``: one broken upload never fails a batch.
@@ -92,7 +103,7 @@ def prepare_image(image: Image.Image, spec: InputSpec) -> DecodedImage:
         image.close()  # the caller's object would otherwise keep the full-resolution pixels
 
 
-def is_tiny(images: list[Image.Image]) -> bool:
+def is_tiny(images: list[Opened]) -> bool:
     """Small enough that decoding costs less than handing the work to another thread."""
     return sum(image.size[0] * image.size[1] for image in images) <= INLINE_MAX_PIXELS
 
@@ -105,7 +116,21 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _prepare(image: Image.Image, spec: InputSpec) -> DecodedImage:
+def _prepare(image: Opened, spec: InputSpec) -> DecodedImage:
+    if isinstance(image, PlainPng):  # upright: a plain PNG has no EXIF
+        current, size = image.decode(), image.size
+    else:
+        current, size = _upright(image, spec)
+    current = _replace(current, _to_mode(current, _MODES[spec.channels]))
+    current = _replace(current, _resize(current, spec))
+    # a writable copy that the tensor owns; the last image is freed with its last reference
+    pixels = torch.frombuffer(bytearray(current.tobytes()), dtype=torch.uint8)
+    width, height = current.size
+    return DecodedImage(pixels.view(height, width, spec.channels), *size)
+
+
+def _upright(image: Image.Image, spec: InputSpec) -> tuple[Image.Image, tuple[int, int]]:
+    """The decoded image turned upright by its EXIF orientation, and that oriented size."""
     image.seek(0)  # animated GIF/WebP: the first frame
     if image.format in _DRAFTABLE:  # EXIF is in the header: orient, then decode only what is needed
         orientation = _orientation(image)
@@ -116,16 +141,9 @@ def _prepare(image: Image.Image, spec: InputSpec) -> DecodedImage:
         image.load()  # a PNG's eXIf chunk may follow its pixels
         orientation = _orientation(image)
         size = _oriented_size(image.size, orientation)
-    current = image
     if orientation in _UPRIGHT:
-        current = _replace(current, current.transpose(_UPRIGHT[orientation]))
-    current = _replace(current, _to_mode(current, _MODES[spec.channels]))
-    current = _replace(current, _resize(current, spec))
-    array = np.array(current, dtype=np.uint8)  # a writable copy that the tensor owns
-    current.close()
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return DecodedImage(torch.from_numpy(array), *size)
+        return _replace(image, image.transpose(_UPRIGHT[orientation])), size
+    return image, size
 
 
 def _replace(old: Image.Image, new: Image.Image) -> Image.Image:

@@ -16,13 +16,11 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from PIL import Image
-
 from service.batch_cap import BatchCost
 from service.batching import DynamicBatcher
 from service.budget import Budget
 from service.config import ModelSpec, ServerSpec
-from service.decode import is_tiny, open_image, prepare_image
+from service.decode import Opened, is_tiny, open_image, prepare_image
 from service.errors import NotFound, NotReady, PredictionTimeout, ServeError, SlowUpload
 from service.metrics import ModelMetrics
 from service.postprocess import Job, Task, Wants
@@ -97,7 +95,7 @@ class ServedModel:
         self.metrics.images_per_request.observe(len(jobs))
         return jobs
 
-    def _decode(self, images: list[Image.Image], wants: Wants) -> list[Job]:
+    def _decode(self, images: list[Opened], wants: Wants) -> list[Job]:
         """Masks are answered at each image's own size, or at the model's when ``wants`` says."""
         jobs = []
         for image in images:

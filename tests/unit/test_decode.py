@@ -170,7 +170,8 @@ def test_drafting_keeps_twice_the_input_size(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_the_full_resolution_image_is_closed_once_prepared() -> None:
-    image = open_image(_encode(_gradient(), "PNG"), max_pixels=10_000)
+    image = open_image(_encode(_gradient(), "JPEG"), max_pixels=10_000)
+    assert isinstance(image, Image.Image)
     prepare_image(image, RGB)
     with pytest.raises(ValueError, match="closed"):
         image.getpixel((0, 0))
@@ -192,13 +193,16 @@ def test_the_full_resolution_image_is_closed_once_prepared() -> None:
 def test_any_exception_while_decoding_is_that_images_bad_image(
     monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
-    def fail(self: Image.Image) -> None:
+    def fail(self: object) -> None:
         raise error
 
-    image = open_image(_encode(_gradient(), "PNG"), max_pixels=10_000)
-    monkeypatch.setattr(type(image), "load", fail)
-    with pytest.raises(BadImage, match=type(error).__name__):
-        prepare_image(image, RGB)
+    opened = open_image(_encode(_gradient(), "JPEG"), max_pixels=10_000)
+    monkeypatch.setattr(type(opened), "load", fail)
+    plain = open_image(_encode(_gradient(), "PNG"), max_pixels=10_000)  # past Image.open
+    monkeypatch.setattr(type(plain), "decode", fail)
+    for image in (opened, plain):
+        with pytest.raises(BadImage, match=type(error).__name__):
+            prepare_image(image, RGB)
 
 
 def test_messages_carry_no_object_reprs_or_addresses() -> None:
