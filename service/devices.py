@@ -5,10 +5,12 @@ Probing happens when a model is built, never at import.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,7 +58,11 @@ def _check_device(name: str) -> torch.device:
 
 class CoreShare:
     """The cores a model's CPU replicas split: a replica running alone uses them all (lowest
-    latency), replicas running together one share each (highest throughput)."""
+    latency), replicas running together one share each (highest throughput).
+
+    A batch given more than one thread runs on the ``wide_lane`` thread, one batch given one
+    on its replica's own thread: see ``wide_lane`` for why.
+    """
 
     def __init__(self, cores: int) -> None:
         self.cores = cores
@@ -74,6 +80,21 @@ class CoreShare:
         finally:
             with self._lock:
                 self._running -= 1
+
+
+@functools.cache
+def wide_lane() -> ThreadPoolExecutor:
+    """The one thread of the process that runs CPU batches on more than one core.
+
+    torch's OpenMP (libgomp) keeps a pool of workers for every thread that ever ran a parallel
+    region, and once the pools hold more threads than there are cores it stops spin-waiting
+    between regions and sleeps instead: measured here, a U-Net forward on 2 threads took 3.9 ms
+    on the first thread that went parallel and 5.1 ms (as slow as 1 thread) on any other while
+    a 2-thread pool existed elsewhere. A model's forward is hundreds of small regions. Running
+    every multi-thread CPU batch of every model on this one thread, and everything else on
+    one thread (no pool), keeps the pools within the cores.
+    """
+    return ThreadPoolExecutor(1, thread_name_prefix="cpu-wide")
 
 
 def available_cores() -> int:

@@ -16,6 +16,8 @@ from concurrent.futures import Executor
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from service.architecture import build_model
 from service.batch_cap import BatchCost, bucket_sizes
 from service.batching import DynamicBatcher
@@ -257,7 +259,12 @@ def _load_version(
     spec: ModelSpec, checkpoint: Path, replicas: Sequence[Replica], unless: str | None
 ) -> ModelVersion | None:
     """Blocking: the file read once on the host, then a fresh copy of the architecture with
-    its weights on every replica's device (one read and hash however many devices)."""
+    its weights on every replica's device (one read and hash however many devices).
+
+    On one torch thread: copying weights in parallel would leave this thread an OpenMP pool,
+    which slows every forward of the replicas (see ``devices.wide_lane``)."""
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
     started = time.monotonic()
     raw, version = read_verified(checkpoint, trust_pickle=spec.trust_pickle)
     if version == unless:

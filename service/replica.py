@@ -23,7 +23,7 @@ import torch
 from service.batch_cap import BatchCost, bucket_for, bucket_sizes
 from service.batching import Batch, DynamicBatcher
 from service.config import ModelSpec
-from service.devices import CoreShare
+from service.devices import CoreShare, wide_lane
 from service.errors import InferenceFailed, NonFiniteOutput, NotReady, ServeError
 from service.metrics import ModelMetrics
 from service.postprocess import Job, Task, select_logits
@@ -212,9 +212,16 @@ class Replica:
                 return outputs
             if isinstance(self._threads, CoreShare):
                 with self._threads.claim() as threads:
-                    _use_threads(threads)
+                    if threads > 1:  # on the process's one multi-thread lane (``wide_lane``)
+                        return wide_lane().submit(self._run_wide, threads, model, jobs, task).result()
+                    _use_threads(1)
                     return self._run_splitting(model, jobs, task)
             _use_threads(self._threads or 1)
+            return self._run_splitting(model, jobs, task)
+
+    def _run_wide(self, threads: int, model: DeviceModel, jobs: Sequence[Job], task: Task) -> list[Any]:
+        with torch.inference_mode():  # per thread: this is not the replica's
+            _use_threads(threads)
             return self._run_splitting(model, jobs, task)
 
     def _run_splitting(self, model: DeviceModel, jobs: Sequence[Job], task: Task) -> list[Any]:

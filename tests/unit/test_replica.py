@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from service import registry as registry_module
 from service.config import InputSpec, ModelSpec
 from service.decode import decode_image
 from service.devices import CoreShare, cgroup_cpu_quota
@@ -129,3 +131,62 @@ def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path: Path) -> None:
     assert cgroup_cpu_quota(tmp_path) == 1.5
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1")
     assert cgroup_cpu_quota(tmp_path) is None
+
+
+class _WhereRun(torch.nn.Module):
+    """Records the thread, torch thread count and inference mode of each forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(1, 3)
+        self.seen: list[tuple[str, int, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(
+            (threading.current_thread().name, torch.get_num_threads(), torch.is_inference_mode_enabled())
+        )
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_a_batch_on_several_cores_runs_on_the_one_wide_lane_and_a_shared_one_on_its_replica() -> None:
+    module = _WhereRun()
+    share = CoreShare(2)
+    replica = Replica(0, "m", torch.device("cpu"), input_shape=(8, 8, 1), max_batch_size=8, threads=share)
+    version = ModelVersion(
+        "v", Path("unused.pt"), 0.0, 0.0, (DeviceModel(module.eval(), SPEC, torch.device("cpu")),)
+    )
+    try:
+        alone = replica.submit(version, _jobs(2), TASK).result()
+        with share.claim():  # another replica of the model is busy: this one gets one core
+            shared = replica.submit(version, _jobs(2), TASK).result()
+    finally:
+        replica.close()
+    assert len(alone) == len(shared) == 2 and [o.indices for o in alone] == [o.indices for o in shared]
+    (wide_thread, wide_threads, wide_inference), (own_thread, own_threads, own_inference) = module.seen
+    assert wide_thread.startswith("cpu-wide") and wide_threads == 2 and wide_inference
+    assert own_thread.startswith("replica-m-0") and own_threads == 1 and own_inference
+
+
+def test_a_version_loads_on_one_torch_thread(tmp_path: Path) -> None:
+    """Weights copied in parallel would leave the loading thread an OpenMP pool (``wide_lane``)."""
+    torch.save(torch.nn.Linear(4, 2).state_dict(), tmp_path / "w.pt")
+    spec = ModelSpec(
+        architecture="torch.nn:Linear",
+        init_args={"in_features": 4, "out_features": 2},
+        checkpoint=tmp_path / "w.pt",
+        input=InputSpec(size=(2, 2), channels=1),
+    )
+    replica = Replica(0, "m", torch.device("cpu"), input_shape=(2, 2, 1), max_batch_size=1, threads=1)
+    counts: list[int] = []
+
+    def load() -> None:
+        torch.set_num_threads(2)
+        version = registry_module._load_version(spec, spec.checkpoint, [replica], None)
+        assert version is not None
+        counts.append(torch.get_num_threads())
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    loader.join()
+    replica.close()
+    assert counts == [1]
