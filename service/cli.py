@@ -138,6 +138,7 @@ def serve(config_path: Path | None, *, host: str, port: int, grpc_port: int | st
         port=port,
         access_log=False,
         log_config=None,
+        server_header=False,  # "server: uvicorn" tells a scanner which server's flaws to try
         # a second more than the drain grace: requests still waiting then are answered 503 first
         timeout_graceful_shutdown=math.ceil(config.server.drain_grace_s) + 1,
         timeout_keep_alive=limits.keep_alive_timeout_s,
