@@ -31,7 +31,11 @@ INFLIGHT_BODY = 64 << 20
 # Bounds on the growth of resident memory (VmHWM, the peak over the process's life), in MB.
 # Before the budgets: 575 MB -> 5.0 GB for the 32-part request, 3.5 GB for the uploads.
 MULTIPART_PEAK_MB = 700
-UPLOADS_PEAK_MB = 2.5 * INFLIGHT_BODY / 2**20 + 150
+# The budget bounds the body bytes held; resident memory is up to twice that (a body's chunks
+# and their joined copy), plus glibc keeping freed heap pages resident: measured peaks spread
+# from 144 to 390 MB over twenty runs here (the same before and after this bound was set),
+# against 3.5 GB without the budget.
+UPLOADS_PEAK_MB = 4 * INFLIGHT_BODY / 2**20 + 150
 
 
 @pytest.fixture(scope="module")
