@@ -170,8 +170,9 @@ class AccessLines:
     """The access lines' own path to the ``LineWriter``: the same line ``TextFormatter`` or
     ``JsonFormatter`` would write for the record ``Access`` used to build, from one f-string.
 
-    Measured under load here, ``logging``'s record, filter and handler chain cost about 30 us
-    a line, as much as answering a small model's request without decoding its image.
+    Measured on the event loop under load here, a line through ``logging``'s record, filter and
+    handler chain (and a write per line) cost about 37 us, 8% of a small model's request; this
+    path about 14 us.
     """
 
     def __init__(self, writer: LineWriter, *, json: bool) -> None:

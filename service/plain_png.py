@@ -5,9 +5,9 @@ that never change its pixels (text, physical size, time, colour-space notes): wh
 libpng and most cameras and tools write. Its IDAT payloads are one zlib stream, which Pillow's
 own PNG decoder ("zip", the one ``Image.open`` would pick) turns into the same pixels, bit for
 bit. Measured here on a 64x64 upload: ``Image.open`` plus ``load`` 59 us, this path 38 us (most
-of it the decoder itself), a sixth of the event loop's time for a small model's request. Every
-other PNG (palette, transparency, EXIF, 16-bit, interlaced, animated, a bad checksum) goes
-through ``Image.open``.
+of it the decoder itself); served at 32 clients, the small demo model went from 2,363 to 2,596
+requests a second. Every other PNG (palette, transparency, EXIF, 16-bit, interlaced, animated,
+a bad checksum) goes through ``Image.open``.
 """
 
 from __future__ import annotations
