@@ -68,18 +68,7 @@ def open_image(data: bytes, *, max_pixels: int) -> Opened:
     if not data:
         raise BadImage("the image is empty: send the image bytes as the body or a 'file' part")
     kind = prescan.scan(data)
-    plain = plain_png(data) if kind == "PNG" else None
-    if plain is not None:
-        width, height = plain.size
-        if width * height > max_pixels:
-            raise TooLarge(f"the image is {width}x{height}; at most {max_pixels} pixels are accepted")
-        return plain
-    try:
-        image = Image.open(io.BytesIO(data), formats=[kind])
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise TooLarge(f"the image has more than {max_pixels} pixels") from None
-    except Exception as exc:  # any parser error is this image's fault, whatever its type
-        raise BadImage(f"the {kind} image cannot be read: {describe(exc)}") from None
+    image = (plain_png(data) if kind == "PNG" else None) or _open_header(data, kind, max_pixels)
     width, height = image.size
     if width * height > max_pixels:
         image.close()
@@ -88,6 +77,15 @@ def open_image(data: bytes, *, max_pixels: int) -> Opened:
         image.close()
         raise BadImage(f"the image has an empty size {width}x{height}")
     return image
+
+
+def _open_header(data: bytes, kind: str, max_pixels: int) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data), formats=[kind])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise TooLarge(f"the image has more than {max_pixels} pixels") from None
+    except Exception as exc:  # any parser error is this image's fault, whatever its type
+        raise BadImage(f"the {kind} image cannot be read: {describe(exc)}") from None
 
 
 def prepare_image(image: Opened, spec: InputSpec) -> DecodedImage:

@@ -60,19 +60,24 @@ class _Seconds:
         return last[1]
 
 
-_TEXT_SECONDS = ("%Y-%m-%d %H:%M:%S", time.localtime)  # then ",mmm"
-_JSON_SECONDS = ("%Y-%m-%dT%H:%M:%S", time.gmtime)  # then ".mmmZ"
-
-
 class TextFormatter(logging.Formatter):
     """``TEXT_FORMAT``, with ``asctime`` as ``logging`` writes it (local time, milliseconds)."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
-        self._seconds = _Seconds(*_TEXT_SECONDS)
+        self._seconds = _Seconds("%Y-%m-%d %H:%M:%S", time.localtime)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        return f"{self._seconds(record.created)},{int(record.msecs):03d}"
+        return self.stamp(record.created)
+
+    def stamp(self, created: float) -> str:
+        """``created`` (a ``time.time()``) as ``asctime``, milliseconds as ``logging`` counts them."""
+        return f"{self._seconds(created)},{int((created - int(created)) * 1000):03d}"
+
+    def line(self, created: float, level: str, logger: str, request_id: str, message: str) -> str:
+        """A line without a record: what ``format`` writes for one with these fields."""
+        fields = {"asctime": self.stamp(created), "levelname": level, "name": logger}
+        return TEXT_FORMAT % {**fields, "request_id": request_id, "message": message}
 
 
 class JsonFormatter(logging.Formatter):
@@ -81,21 +86,35 @@ class JsonFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._seconds = _Seconds(*_JSON_SECONDS)
+        self._seconds = _Seconds("%Y-%m-%dT%H:%M:%S", time.gmtime)
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": f"{self._seconds(record.created)}.{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "request_id": getattr(record, "request_id", None),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD:
-                entry[key] = value
+        extra = {key: value for key, value in record.__dict__.items() if key not in _STANDARD}
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            extra["exception"] = self.formatException(record.exc_info)
+        request_id = getattr(record, "request_id", None)
+        message = record.getMessage()
+        return self.line(record.created, record.levelname, record.name, request_id, message, extra)
+
+    def line(
+        self,
+        created: float,
+        level: str,
+        logger: str,
+        request_id: str | None,
+        message: str,
+        extra: dict[str, Any],
+    ) -> str:
+        """A line without a record: what ``format`` writes for one with these fields."""
+        milliseconds = int((created - int(created)) * 1000)
+        entry: dict[str, Any] = {
+            "time": f"{self._seconds(created)}.{milliseconds:03d}Z",
+            "level": level,
+            "logger": logger,
+            "message": message,
+            "request_id": request_id,
+            **extra,
+        }
         return orjson.dumps(entry, default=str).decode()
 
 
@@ -167,36 +186,25 @@ class LineHandler(logging.Handler):
 
 
 class AccessLines:
-    """The access lines' own path to the ``LineWriter``: the same line ``TextFormatter`` or
-    ``JsonFormatter`` would write for the record ``Access`` used to build, from one f-string.
+    """The access lines' own path to the ``LineWriter``: the formatter's line for the fields
+    ``Access`` has, built without a ``logging`` record.
 
     Measured on the event loop under load here, a line through ``logging``'s record, filter and
     handler chain (and a write per line) cost about 37 us, 8% of a small model's request; this
     path about 14 us.
     """
 
-    def __init__(self, writer: LineWriter, *, json: bool) -> None:
+    def __init__(self, writer: LineWriter, formatter: TextFormatter | JsonFormatter) -> None:
         self.writer = writer
-        self.json = json
-        self._seconds = _Seconds(*(_JSON_SECONDS if json else _TEXT_SECONDS))
+        self.formatter = formatter
 
     def __call__(self, access: Access, message: str) -> None:
-        now = time.time()
-        milliseconds = int((now - int(now)) * 1000)
-        if not self.json:
-            stamp = f"{self._seconds(now)},{milliseconds:03d}"
-            line = f"{stamp} INFO service.access [{access.request_id}] {message}\n"
+        now, formatter = time.time(), self.formatter
+        if isinstance(formatter, TextFormatter):
+            line = formatter.line(now, "INFO", "service.access", access.request_id, message)
         else:
-            entry = {
-                "time": f"{self._seconds(now)}.{milliseconds:03d}Z",
-                "level": "INFO",
-                "logger": "service.access",
-                "message": message,
-                "request_id": access.request_id,
-                **access.fields(),
-            }
-            line = orjson.dumps(entry, default=str).decode() + "\n"
-        self.writer.add(line)
+            line = formatter.line(now, "INFO", "service.access", access.request_id, message, access.fields())
+        self.writer.add(line + "\n")
 
 
 def configure_logging(log_format: str, level: int = logging.INFO, *, access_log: bool = True) -> None:
@@ -207,12 +215,9 @@ def configure_logging(log_format: str, level: int = logging.INFO, *, access_log:
 
     writer = LineWriter(sys.stderr)
     handler = LineHandler(writer)
-    if log_format == "json":
-        handler.addFilter(RequestIdFilter(None))
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.addFilter(RequestIdFilter("-"))
-        handler.setFormatter(TextFormatter())
+    formatter = JsonFormatter() if log_format == "json" else TextFormatter()
+    handler.addFilter(RequestIdFilter(None if log_format == "json" else "-"))
+    handler.setFormatter(formatter)
     # Neither format shows thread or process names: not looking them up for every record saves
     # a quarter of building one (the logging HOWTO's "Optimization" section).
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
@@ -222,4 +227,4 @@ def configure_logging(log_format: str, level: int = logging.INFO, *, access_log:
     logging.getLogger("service.access").disabled = not access_log
     access_logger = logging.getLogger("service.access")
     fast = access_log and access_logger.getEffectiveLevel() <= logging.INFO
-    access.write_lines_with(AccessLines(writer, json=log_format == "json") if fast else None)
+    access.write_lines_with(AccessLines(writer, formatter) if fast else None)

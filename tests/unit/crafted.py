@@ -71,30 +71,29 @@ def chunk_bomb(count: int, *, before_pixels: bool = True) -> bytes:
     return data[:where] + png_chunk(b"prIv", b"") * count + data[where:]
 
 
-def png_16bit_grey(values: np.ndarray) -> bytes:
-    """A 16-bit greyscale PNG written by hand (big-endian samples, filter 0 per row)."""
-    height, width = values.shape
-    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in values)
-    header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
+def hand_png(width: int, height: int, depth: int, colour: int, image_data: bytes) -> bytes:
+    """A PNG written by hand: IHDR (not interlaced), one IDAT of ``image_data``, IEND."""
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
         + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", zlib.compress(rows))
+        + png_chunk(b"IDAT", image_data)
         + png_chunk(b"IEND", b"")
     )
+
+
+def png_16bit_grey(values: np.ndarray) -> bytes:
+    """A 16-bit greyscale PNG (big-endian samples, filter 0 per row)."""
+    height, width = values.shape
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in values)
+    return hand_png(width, height, 16, 0, zlib.compress(rows))
 
 
 def png_16bit_rgb(values: np.ndarray) -> bytes:
-    """A 48-bit RGB PNG written by hand from uint16 [H, W, 3] values."""
+    """A 48-bit RGB PNG from uint16 [H, W, 3] values."""
     height, width, _ = values.shape
     rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in values)
-    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", zlib.compress(rows))
-        + png_chunk(b"IEND", b"")
-    )
+    return hand_png(width, height, 16, 2, zlib.compress(rows))
 
 
 def exif(entries: list[tuple[int, int, int, bytes]]) -> bytes:

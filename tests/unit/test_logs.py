@@ -149,7 +149,8 @@ def test_the_fast_access_line_is_the_line_logging_would_write(log_format: str) -
     expected = _logged_line(access, log_format)  # also measures the duration, once
     stream = io.StringIO()
     writer = LineWriter(stream)
-    AccessLines(writer, json=log_format == "json")(access, access.message())
+    formatter = JsonFormatter() if log_format == "json" else TextFormatter()
+    AccessLines(writer, formatter)(access, access.message())
     writer.flush()
     written = stream.getvalue()
     if log_format == "text":

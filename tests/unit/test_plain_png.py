@@ -127,23 +127,13 @@ def _outcome(data: bytes, monkeypatch: pytest.MonkeyPatch, *, plain: bool) -> ob
         monkeypatch.undo()
 
 
-def _rgb_png(width: int, height: int, compressed: bytes) -> bytes:
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + crafted.png_chunk(b"IHDR", header)
-        + crafted.png_chunk(b"IDAT", compressed)
-        + crafted.png_chunk(b"IEND", b"")
-    )
-
-
 ROW = b"\x00" + bytes(range(60))  # one filter byte and 20 RGB pixels
 BROKEN = {
     "bad IHDR checksum": lambda: _with_bad_crc(PLAIN["rgb"], b"IHDR"),
     "bad IDAT checksum": lambda: _with_bad_crc(PLAIN["rgb"], b"IDAT"),  # Pillow does not check it
-    "cut image data": lambda: _rgb_png(20, 10, zlib.compress(ROW * 10)[:-6]),
-    "one row of ten, complete": lambda: _rgb_png(20, 10, zlib.compress(ROW)),
-    "more rows than the height": lambda: _rgb_png(20, 10, zlib.compress(ROW * 12)),
+    "cut image data": lambda: crafted.hand_png(20, 10, 8, 2, zlib.compress(ROW * 10)[:-6]),
+    "one row of ten, complete": lambda: crafted.hand_png(20, 10, 8, 2, zlib.compress(ROW)),
+    "more rows than the height": lambda: crafted.hand_png(20, 10, 8, 2, zlib.compress(ROW * 12)),
 }
 
 
