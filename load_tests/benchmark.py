@@ -81,6 +81,7 @@ OPTION_MODELS = ("shapes", "resnet18")
 OPTIONS: dict[str, dict[str, Any]] = {
     "fixed max_batch_size": {"batching": {"adaptive": False}},
     "channels_last": {"channels_last": True},
+    "channels_last + fold_batchnorm": {"channels_last": True, "fold_batchnorm": True},
     "channels_last + compile": {"channels_last": True, "compile": "default"},
 }
 OPTIONS_READY_TIMEOUT_S = 1200  # torch.compile of every batch bucket on a 2-core CPU

@@ -25,7 +25,8 @@ from service.budget import Budget
 from service.checkpoint import install, read_verified
 from service.config import ModelSpec, ServeConfig
 from service.devices import CoreShare, available_cores, resolve_devices
-from service.errors import CheckpointError, InvalidParameter, NotFound, ServeError
+from service.errors import CheckpointError, ConfigError, InvalidParameter, NotFound, ServeError
+from service.fold import NotTraceable
 from service.metrics import Metrics
 from service.postprocess import Classification, Job, Segmentation, task_for
 from service.replica import DeviceModel, ModelVersion, Replica
@@ -208,7 +209,9 @@ class Registry:
         """A new version, loaded and warm on every replica; ``None`` when its content is the
         version ``unless`` (nothing to do)."""
         started = time.monotonic()
-        version = await asyncio.to_thread(_load_version, served.spec, checkpoint, served.replicas, unless)
+        version = await asyncio.to_thread(
+            _load_version, served.name, served.spec, checkpoint, served.replicas, unless
+        )
         if version is None:
             return None
         results = await warm_up(served, version)
@@ -256,7 +259,7 @@ def _log_end(task: asyncio.Task[None]) -> None:
 
 
 def _load_version(
-    spec: ModelSpec, checkpoint: Path, replicas: Sequence[Replica], unless: str | None
+    name: str, spec: ModelSpec, checkpoint: Path, replicas: Sequence[Replica], unless: str | None
 ) -> ModelVersion | None:
     """Blocking: the file read once on the host, then a fresh copy of the architecture with
     its weights on every replica's device (one read and hash however many devices).
@@ -273,7 +276,10 @@ def _load_version(
     for replica in replicas:
         module = build_model(spec.architecture, spec.init_args)
         install(module, raw, replica.device)
-        device_models.append(DeviceModel(module, spec, replica.device))
+        try:
+            device_models.append(DeviceModel(module, spec, replica.device))
+        except NotTraceable as exc:
+            raise ConfigError(f"model {name!r}: fold_batchnorm needs a traceable model: {exc}") from exc
     return ModelVersion(version, checkpoint, time.time(), time.monotonic() - started, tuple(device_models))
 
 

@@ -25,6 +25,7 @@ from service.batching import Batch, DynamicBatcher
 from service.config import ModelSpec
 from service.devices import CoreShare, wide_lane
 from service.errors import InferenceFailed, NonFiniteOutput, NotReady, ServeError
+from service.fold import fold_batchnorm
 from service.metrics import ModelMetrics
 from service.postprocess import Job, Task, select_logits
 
@@ -37,7 +38,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class DeviceModel:
     """A loaded module on its device, with the normalisation, options and output choice it needs.
 
-    The options are applied once, here: ``precision`` casts the weights (inputs are cast on the
+    The options are applied once, here: ``fold_batchnorm`` folds BatchNorms into their
+    convolutions (in float32, before any cast), ``precision`` casts the weights (inputs are cast on the
     device, after normalising in float32), ``channels_last`` sets the memory format of module
     and inputs, ``compile`` wraps the module in ``torch.compile``. A compiled model only ever
     sees bucket sizes (``bucket_sizes``) in one memory format, so warming each bucket before the
@@ -46,6 +48,8 @@ class DeviceModel:
     """
 
     def __init__(self, module: torch.nn.Module, spec: ModelSpec, device: torch.device) -> None:
+        if spec.fold_batchnorm:
+            module = fold_batchnorm(module)
         if spec.precision != "float32":
             module = module.to(DTYPES[spec.precision])
         if spec.channels_last:

@@ -63,6 +63,7 @@ class ModelInfo(BaseModel):
     batching: dict[str, Any]
     precision: str
     channels_last: bool
+    fold_batchnorm: bool
     compile: str | bool
     input: dict[str, Any]
     labels: list[str] | None

@@ -127,6 +127,7 @@ class ServedModel:
             "batching": {**self.spec.batching.model_dump(), "cap": self.batcher.cap},
             "precision": self.spec.precision,
             "channels_last": self.spec.channels_last,
+            "fold_batchnorm": self.spec.fold_batchnorm,
             "compile": self.spec.compile,
             "input": self.spec.input.model_dump(),
             "labels": list(self.spec.labels) if self.spec.labels else None,

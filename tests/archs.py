@@ -157,3 +157,67 @@ def costly_classifier(
 
 def half_refusing(*, in_channels: int = 1, num_classes: int = 3) -> nn.Module:
     return HalfRefusing(in_channels, num_classes)
+
+
+class ConvNorm(nn.Module):
+    """Convolutions and BatchNorms in every arrangement ``fold_batchnorm`` meets: foldable pairs
+    (stem, residual branch), a convolution called twice, one whose output is also read past its
+    BatchNorm, and (``batch_stats``) a BatchNorm without running statistics, whose answer
+    depends on the rest of the batch; the running statistics are drawn (seeded by the caller)
+    so a fold that got them wrong would show."""
+
+    def __init__(self, in_channels: int, num_classes: int, batch_stats: bool) -> None:
+        super().__init__()
+        width = 6
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        self.branch_conv = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.branch_norm = nn.BatchNorm2d(width)
+        self.shared = nn.Conv2d(width, width, 1)
+        self.shared_norm = nn.BatchNorm2d(width)
+        self.tapped = nn.Conv2d(width, width, 1)
+        self.tapped_norm = nn.BatchNorm2d(width)
+        self.batch_stats = nn.Conv2d(width, width, 1)
+        self.batch_stats_norm = nn.BatchNorm2d(width, track_running_stats=False) if batch_stats else None
+        self.head = nn.Linear(width, num_classes)
+        for norm in (self.stem[1], self.branch_norm, self.shared_norm, self.tapped_norm):
+            assert isinstance(norm, nn.BatchNorm2d) and norm.running_var is not None
+            norm.running_mean.normal_(0.0, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+            nn.init.normal_(norm.weight, 1.0, 0.3)
+            nn.init.normal_(norm.bias, 0.0, 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.relu(x + self.branch_norm(self.branch_conv(x)))
+        x = self.shared_norm(self.shared(self.shared(x)))
+        tap = self.tapped(x)
+        x = self.tapped_norm(tap) + tap
+        if self.batch_stats_norm is not None:
+            x = self.batch_stats_norm(self.batch_stats(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class BranchingConvNorm(nn.Module):
+    """Branches on its data, as torch.fx cannot trace: ``fold_batchnorm`` must refuse it."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.conv(x))
+        if x.mean() > 0:
+            x = -x
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def conv_norm(*, in_channels: int = 1, num_classes: int = 3, batch_stats: bool = False) -> nn.Module:
+    return ConvNorm(in_channels, num_classes, batch_stats)
+
+
+def branching_conv_norm(*, in_channels: int = 1, num_classes: int = 3) -> nn.Module:
+    return BranchingConvNorm(in_channels, num_classes)

@@ -1,4 +1,5 @@
-"""Per-model options served in-process: precision, channels_last, and the measured batch cap.
+"""Per-model options served in-process: precision, channels_last, fold_batchnorm, and the measured
+batch cap.
 
 Every option answers what float32 eager answers, within the rounding of its dtype; an option the
 device cannot do stops the start with an error naming the model and the option.
@@ -57,6 +58,7 @@ async def test_each_precision_and_layout_answers_as_float32_eager(tmp_path: Path
             info = (await client.get(f"/models/{name}")).json()
             assert info["precision"] == extra.get("precision", "float32")
             assert info["channels_last"] is extra.get("channels_last", False)
+            assert info["fold_batchnorm"] is False
             assert info["compile"] is False
             for prediction, reference in zip(answer.json()["predictions"], expected, strict=True):
                 scores = {e["class_index"]: e["score"] for e in prediction["top_k"]}
@@ -91,6 +93,43 @@ async def test_a_compile_that_fails_stops_the_start_naming_model_and_mode(
     with pytest.raises(ConfigError, match=r"^model 'm': compile default failed on cpu: RuntimeError: simul"):
         async with serving(config):
             pass
+
+
+async def test_folded_batchnorms_answer_as_eager_alone_and_with_channels_last(tmp_path: Path) -> None:
+    arch, args = "tests.archs:conv_norm", {"in_channels": 1, "num_classes": 3}
+    model = save_random_weights(arch, args, tmp_path / "m.pt")
+    options: dict[str, dict[str, Any]] = {
+        "folded": {"fold_batchnorm": True},
+        "folded-cl": {"fold_batchnorm": True, "channels_last": True},
+    }
+    models = {
+        name: model_entry(arch, "m.pt", init_args=args, input=INPUT, batching={"max_batch_size": 4}, **extra)
+        for name, extra in options.items()
+    }
+    expected = [class_probabilities(model, preprocess(i, (32, 32), 1, (0.5,), (0.5,))[0]) for i in IMAGES]
+    async with serving(write_config(tmp_path, models)) as (client, _):
+        for name, extra in options.items():
+            answer = await client.post(f"/predict?model={name}&top_k=3", files=_files(IMAGES))
+            assert answer.status_code == 200, answer.text
+            info = (await client.get(f"/models/{name}")).json()
+            assert (info["fold_batchnorm"], info["channels_last"]) == (True, "channels_last" in extra)
+            for prediction, reference in zip(answer.json()["predictions"], expected, strict=True):
+                scores = {e["class_index"]: e["score"] for e in prediction["top_k"]}
+                assert scores == pytest.approx({i: float(p) for i, p in enumerate(reference)}, abs=1e-5)
+
+
+async def test_fold_batchnorm_on_a_model_fx_cannot_trace_stops_the_start_naming_model_and_option(
+    tmp_path: Path,
+) -> None:
+    arch = "tests.archs:branching_conv_norm"
+    save_random_weights(arch, {}, tmp_path / "m.pt")
+    config = write_config(tmp_path, {"m": model_entry(arch, "m.pt", fold_batchnorm=True)})
+    with pytest.raises(ConfigError) as raised:
+        async with serving(config):
+            pass
+    assert str(raised.value).startswith(
+        "model 'm': fold_batchnorm needs a traceable model: torch.fx cannot trace its forward (TraceError: "
+    )
 
 
 def _costly(tmp_path: Path, name: str, **cost: float) -> dict[str, Any]:

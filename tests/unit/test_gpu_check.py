@@ -25,7 +25,8 @@ def test_the_config_serves_every_model_and_variant_with_its_options(tmp_path: Pa
     assert sorted(config.models) == sorted(f"{m}_{v}" for m in gpu_check.MODELS for v in gpu_check.VARIANTS)
     compiled = config.models["unet_bf16_cl_compiled"]
     assert (compiled.precision, compiled.channels_last, compiled.compile) == ("bfloat16", True, "default")
-    assert config.models["resnet18_fp16_cl"].precision == "float16"
+    folded = config.models["resnet18_fp16_cl_folded"]
+    assert (folded.precision, folded.channels_last, folded.fold_batchnorm) == ("float16", True, True)
     assert config.models["resnet18_fp32_2replicas"].devices == ("cuda:0", "cuda:0")
     assert config.models["unet_fp32"].task == "segmentation"
     assert all(spec.batching.max_batch_size == gpu_check.MAX_BATCH for spec in config.models.values())
