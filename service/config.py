@@ -150,8 +150,8 @@ class ModelSpec(_Frozen):
     channels_last: bool = Field(False, description="module and inputs in torch.channels_last memory format")
     fold_batchnorm: bool = Field(
         False,
-        description="fold each BatchNorm into the convolution before it, once at load (same answers up "
-        "to float rounding; with channels_last about 1.4x faster on a CPU); needs a model torch.fx traces",
+        description="fold each BatchNorm into the convolution before it, once at load (the same answers "
+        "up to float rounding, one pass over the activations fewer); needs a model torch.fx traces",
     )
     compile: Literal[False, "default", "reduce-overhead", "max-autotune"] = Field(
         False,
