@@ -11,12 +11,18 @@
 - At most ``max_connections`` connections are served. Above it, ``PROBE_RESERVE`` more are
   accepted for health probes only (every other request is answered 503 ``not_ready``); past
   that a new connection is closed at once. The count is uvicorn's per-server connection set.
+
+Every request also finds its connection's ``ConnectionWatch`` in its scope, so a request that
+waits for its batch learns that its client hung up from a callback, not from a task of its own
+waiting on ``receive()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Callable
 
 from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -48,6 +54,35 @@ def connection_cap(configured: int | None, descriptor_limit: int) -> int:
     return min(configured or DEFAULT_MAX_CONNECTIONS, room)
 
 
+CONNECTION_WATCH = "model_serve.connection"
+"""The key in a request scope's ``extensions`` of its connection's ``ConnectionWatch``."""
+
+
+class ConnectionWatch:
+    """Calls back when its connection is lost. A request waiting for its batch registers one
+    callback instead of running a task that waits on ``receive()``: that task cost about 10 us,
+    3% of a small model's whole request on the event loop."""
+
+    __slots__ = ("_callbacks", "lost")
+
+    def __init__(self) -> None:
+        self.lost = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    def add(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def discard(self, callback: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._callbacks.remove(callback)
+
+    def lose(self) -> None:
+        self.lost = True
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """Bounds the head's size and arrival time, and the number of open connections."""
 
@@ -61,6 +96,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _probes_only = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._watch = ConnectionWatch()
         super().connection_made(transport)
         open_now = len(self.connections)  # uvicorn's set for this server, this one included
         if open_now > self.max_connections + PROBE_RESERVE:
@@ -72,9 +108,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_deadline()
         super().connection_lost(exc)
+        self._watch.lose()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope["extensions"] = {CONNECTION_WATCH: self._watch}  # type: ignore[dict-item]
         self._head_bytes = 0
         self._in_head = True
 

@@ -28,6 +28,7 @@ from service.errors import (
 )
 from service.intake import image_blobs, parse_top_k, query_values, read_body
 from service.postprocess import Wants
+from service.protocol import CONNECTION_WATCH
 from service.render import classification_body, error_response, json_response, segmentation_body
 from service.runtime import Runtime
 from service.served import ServedModel, accounted, deadline
@@ -108,7 +109,27 @@ def _prediction_response(served: ServedModel, version: str, predictions: list[An
 
 async def _await_outputs(future: asyncio.Future[list[Any]], request: Request) -> list[Any]:
     """The batch outputs, or ``ClientGone`` if the client hung up (its images are then skipped:
-    the batcher drops items whose future is done)."""
+    the batcher drops items whose future is done). The connection's watch tells, where the
+    server has one (model-serve's own protocol); elsewhere a task waits on ``receive()``."""
+    watch = (request.scope.get("extensions") or {}).get(CONNECTION_WATCH)
+    if watch is None:
+        return await _await_watching_receive(future, request)
+    if watch.lost:
+        future.cancel()
+        raise ClientGone("the client disconnected")
+
+    def gone() -> None:
+        if not future.done():
+            future.set_exception(ClientGone("the client disconnected"))
+
+    watch.add(gone)
+    try:
+        return await future
+    finally:
+        watch.discard(gone)
+
+
+async def _await_watching_receive(future: asyncio.Future[list[Any]], request: Request) -> list[Any]:
     watcher = asyncio.get_running_loop().create_task(_watch_disconnect(request, future))
     try:
         return await future
