@@ -4,8 +4,9 @@ Without CUDA it says so and exits 0: nothing here can be checked on a CPU. With 
 ``pytest -m gpu``, then measures resnet18 and the demo U-Net (seeded random weights: their cost
 is what matters) raw in-process and served by one model-serve process that holds every variant
 at once (one start, one warm-up): float32 eager, bfloat16 + channels_last + compile, float16 +
-channels_last + fold_batchnorm, and float32 on two replicas of one GPU (``devices: [cuda:0, cuda:0]``), each at
-1 and 32 clients, plus device memory. Figures go to ``OUT/gpu-check.json`` and ``OUT/gpu-check.md``.
+channels_last + fold_batchnorm, and float32 on two replicas of one GPU (``devices: [cuda:0,
+cuda:0]``), each at 1 and 32 clients, plus device memory. Figures go to ``OUT/gpu-check.json``
+and ``OUT/gpu-check.md``.
 
     python load_tests/gpu_check.py [--out reports/gpu-check] [--seconds 6] [--skip-tests]
 """

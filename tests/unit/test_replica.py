@@ -181,7 +181,7 @@ def test_a_version_loads_on_one_torch_thread(tmp_path: Path) -> None:
 
     def load() -> None:
         torch.set_num_threads(2)
-        version = registry_module._load_version(spec, spec.checkpoint, [replica], None)
+        version = registry_module._load_version("m", spec, spec.checkpoint, [replica], None)
         assert version is not None
         counts.append(torch.get_num_threads())
 
