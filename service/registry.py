@@ -24,6 +24,7 @@ from service.batching import DynamicBatcher
 from service.budget import Budget
 from service.checkpoint import install, read_verified
 from service.config import ModelSpec, ServeConfig
+from service.decode_round import DecodeRound
 from service.devices import CoreShare, available_cores, resolve_devices
 from service.errors import CheckpointError, ConfigError, InvalidParameter, NotFound, ServeError
 from service.fold import NotTraceable
@@ -44,6 +45,7 @@ class Registry:
         self.config = config
         self.metrics = metrics
         self.workers = workers
+        self.decode_round = DecodeRound()
         self.pixel_budget = Budget(config.server.max_inflight_pixels, unit="decoded pixels")
         self.models: dict[str, ServedModel] = {}
         self.started = False
@@ -200,6 +202,7 @@ class Registry:
             self.config.server,
             self.workers,
             self.pixel_budget,
+            self.decode_round,
             cost=cost,
         )
 

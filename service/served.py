@@ -1,9 +1,10 @@
 """One served model's request path, shared by every door (``/predict``, v2 REST, v2 gRPC).
 
 The stages are fixed when the model loads: ``prepare`` decodes a request's images where that
-is cheapest (inline when tiny, else in the worker pool) into typed jobs, ``infer`` queues them
-on the model's one batcher pinned to a version, and the model's ``Task`` postprocesses each
-batch on its replica. A door only parses its protocol and renders the results.
+is cheapest (tiny ones together in the loop step's ``DecodeRound``, others in the worker pool)
+into typed jobs, ``infer`` queues them on the model's one batcher pinned to a version, and the
+model's ``Task`` postprocesses each batch on its replica. A door only parses its protocol and
+renders the results.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from service.batching import DynamicBatcher
 from service.budget import Budget
 from service.config import ModelSpec, ServerSpec
 from service.decode import Opened, is_tiny, open_image, prepare_image
+from service.decode_round import DecodeRound
 from service.errors import NotFound, NotReady, PredictionTimeout, ServeError, SlowUpload
 from service.metrics import ModelMetrics
 from service.postprocess import Job, Task, Wants
@@ -40,6 +42,7 @@ class ServedModel:
     limits: ServerSpec
     workers: Executor
     pixel_budget: Budget  # decoded pixels held by all models' requests at once
+    decode_round: DecodeRound  # tiny images of every model, decoded together per loop step
     cost: BatchCost | None = None  # the batch cap's measurements (batching.adaptive)
     active: ModelVersion | None = None
     previous: ModelVersion | None = None
@@ -87,7 +90,7 @@ class ServedModel:
         # once resized): the largest is held against the process-wide budget until then.
         with self.pixel_budget.reserve(max(image.size[0] * image.size[1] for image in opened)):
             if is_tiny(opened):  # cheaper than any thread hop
-                jobs = self._decode(opened, wants)
+                jobs = await self.decode_round.decode(self._decode, opened, wants)
             else:
                 loop = asyncio.get_running_loop()
                 jobs = await loop.run_in_executor(self.workers, self._decode, opened, wants)
