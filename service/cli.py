@@ -21,6 +21,7 @@ import torch
 import uvicorn
 from uvicorn.server import HANDLED_SIGNALS
 
+from service.allocator import keep_tensor_memory
 from service.app import create_app
 from service.config import ServeConfig, config_path_from_env, load_config
 from service.devices import available_cores
@@ -107,6 +108,7 @@ def serve(config_path: Path | None, *, host: str, port: int, grpc_port: int | st
     ``grpc_port`` (an int, or ``"off"``) overrides the config's ``server.grpc_port``."""
     config = _with_grpc_port(_load(config_path), grpc_port)
     configure_logging(config.server.log_format, access_log=config.server.access_log)
+    keep_tensor_memory()
     torch.set_num_threads(config.server.torch_threads or available_cores())
     failures: list[BaseException] = []
     server: DrainingServer | None = None
