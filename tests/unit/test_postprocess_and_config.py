@@ -13,7 +13,15 @@ from service.checkpoint_paths import resolve_checkpoint
 from service.config import build_config, load_config
 from service.decode import DecodedImage
 from service.errors import ConfigError, Forbidden, NotFound
-from service.postprocess import ClassificationTask, Job, SegmentationTask, Wants, mask_png, select_logits
+from service.postprocess import (
+    ClassificationTask,
+    Job,
+    SegmentationTask,
+    Wants,
+    class_mask,
+    mask_png,
+    select_logits,
+)
 
 
 def _job(width: int = 4, height: int = 3, top_k: int = 5) -> Job:
@@ -124,3 +132,17 @@ def test_checkpoint_paths_stay_under_the_root(tmp_path: Path) -> None:
             resolve_checkpoint(root, refused)
     with pytest.raises(NotFound):
         resolve_checkpoint(root, "sub/missing.pt")
+
+
+@pytest.mark.parametrize("classes", [1, 2, 4, 21])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_class_mask_is_torch_argmax_ties_and_layouts_included(
+    classes: int, layout: torch.memory_format
+) -> None:
+    generator = torch.Generator().manual_seed(classes)
+    # small integers: many pixels with two or more classes tied for the top score
+    scores = torch.randint(0, 3, (1, classes, 37, 53), generator=generator).float()
+    scores = scores.contiguous(memory_format=layout)[0]
+    mask = class_mask(scores)
+    assert mask.dtype == torch.uint8
+    assert torch.equal(mask.long(), scores.argmax(dim=0))
