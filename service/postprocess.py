@@ -8,7 +8,6 @@ image in its ``Job``, so every door (``/predict``, v2 REST, v2 gRPC) shares one 
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -16,11 +15,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from service.config import ModelSpec
 from service.decode import DecodedImage
 from service.errors import ConfigError
+from service.plain_png import grey_png
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +189,4 @@ def select_logits(output: Any, key: int | str | None) -> torch.Tensor:
 
 def mask_png(mask: np.ndarray) -> bytes:
     """A single-channel PNG whose pixel values are class indices."""
-    buffer = io.BytesIO()
-    Image.fromarray(mask).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    return grey_png(mask)

@@ -15,7 +15,7 @@ from service import decode as decode_module
 from service.config import InputSpec
 from service.decode import decode_image, open_image
 from service.errors import BadImage
-from service.plain_png import PlainPng, plain_png
+from service.plain_png import PlainPng, grey_png, plain_png
 from tests.unit import crafted
 
 
@@ -146,3 +146,17 @@ def test_unsound_pngs_are_answered_as_pillow_answers_them(name: str, monkeypatch
         assert _outcome(data, monkeypatch, plain=True) is BadImage
     if name == "bad IHDR checksum":
         assert plain_png(data) is None and _outcome(data, monkeypatch, plain=True) is BadImage
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (256, 256)])
+def test_grey_png_reads_back_as_its_pixels_in_pillow_and_on_the_plain_path(shape: tuple[int, int]) -> None:
+    pixels = np.random.default_rng(shape[1]).integers(0, 256, shape, dtype=np.uint8)
+    pixels[: shape[0] // 2] = 3  # runs, as a mask has
+    encoded = grey_png(pixels)
+    with Image.open(io.BytesIO(encoded)) as image:
+        image.load()
+        assert (image.mode, image.size) == ("L", (shape[1], shape[0]))
+        assert np.array_equal(np.asarray(image), pixels)
+    plain = plain_png(encoded)
+    assert plain is not None, "every CRC and the layout of a plain PNG"
+    assert np.array_equal(np.asarray(plain.decode()), pixels)
