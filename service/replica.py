@@ -146,6 +146,7 @@ class Replica:
         self.device_key = str(device)
         self.busy = False
         self.batches_served = 0
+        self.last_threads = 1  # the CPU threads the latest batch ran on (1 on a GPU)
         # CPU threads: a fixed count, or a share of the cores claimed per batch
         self._threads = threads if device.type == "cpu" else None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"replica-{model_name}-{slot}-{device}")
@@ -164,7 +165,8 @@ class Replica:
         cost: BatchCost | None = None,
     ) -> None:
         """Pull and run batches until cancelled; every batch taken is settled or failed, and
-        each one served is a sample of ``cost`` (its size as run, padding included)."""
+        each one served is a sample of ``cost``: its size as run (padding included) and its
+        core-seconds (see ``BatchCost``)."""
         loop = asyncio.get_running_loop()
         while True:
             batch = await batcher.next_batch()
@@ -190,7 +192,8 @@ class Replica:
                 self.device_key, len(outputs), started - batch.oldest_enqueued_at, compute_s
             )
             if cost is not None:
-                cost.add(batch.tag.device_models[self.slot].padded_size(len(outputs)), compute_s)
+                size = batch.tag.device_models[self.slot].padded_size(len(outputs))
+                cost.add(size, compute_s * self.last_threads)
 
     def run(self, version: ModelVersion, jobs: Sequence[Job], task: Task) -> list[Any]:
         """Blocking: stage, forward and postprocess one batch on this thread.
@@ -216,11 +219,13 @@ class Replica:
                 return outputs
             if isinstance(self._threads, CoreShare):
                 with self._threads.claim() as threads:
+                    self.last_threads = threads
                     if threads > 1:  # on the process's one multi-thread lane (``wide_lane``)
                         return wide_lane().submit(self._run_wide, threads, model, jobs, task).result()
                     _use_threads(1)
                     return self._run_splitting(model, jobs, task)
-            _use_threads(self._threads or 1)
+            self.last_threads = self._threads or 1
+            _use_threads(self.last_threads)
             return self._run_splitting(model, jobs, task)
 
     def _run_wide(self, threads: int, model: DeviceModel, jobs: Sequence[Job], task: Task) -> list[Any]:

@@ -44,7 +44,8 @@ async def warm_up(served: ServedModel, version: ModelVersion) -> list[Any]:
                 started = time.monotonic()
                 await _run(replica, version, served, jobs[:size])
                 if served.cost is not None:
-                    served.cost.add(size, time.monotonic() - started, refit=False)
+                    seconds = time.monotonic() - started
+                    served.cost.add(size, seconds * replica.last_threads, refit=False)
         except NonFiniteOutput:
             raise CheckpointError(
                 f"{version.checkpoint.name}: the warm-up forward on {replica.device_key} gave "

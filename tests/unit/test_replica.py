@@ -157,6 +157,7 @@ def test_a_batch_on_several_cores_runs_on_the_one_wide_lane_and_a_shared_one_on_
     )
     try:
         alone = replica.submit(version, _jobs(2), TASK).result()
+        threads_alone = replica.last_threads
         with share.claim():  # another replica of the model is busy: this one gets one core
             shared = replica.submit(version, _jobs(2), TASK).result()
     finally:
@@ -165,6 +166,7 @@ def test_a_batch_on_several_cores_runs_on_the_one_wide_lane_and_a_shared_one_on_
     (wide_thread, wide_threads, wide_inference), (own_thread, own_threads, own_inference) = module.seen
     assert wide_thread.startswith("cpu-wide") and wide_threads == 2 and wide_inference
     assert own_thread.startswith("replica-m-0") and own_threads == 1 and own_inference
+    assert (threads_alone, replica.last_threads) == (2, 1)  # what the batch cost is scaled by
 
 
 def test_a_version_loads_on_one_torch_thread(tmp_path: Path) -> None:
