@@ -4,8 +4,8 @@ In eval mode a BatchNorm is a fixed per-channel scale and shift, so it can be ba
 weights and bias of a convolution whose output only it reads, as TensorRT and ONNX Runtime do
 by default. That saves one pass over every activation. Measured on this project's 2-core
 machine (two threads of one core each, in-process): resnet18 with ``channels_last`` ran 46.9
-img/s, 48.2 folded (+3%); served at 32 clients 44.1 and 46.7 img/s (+6%), the U-Net 134.7 and
-141.8 (+5%). Answers change by float rounding only (about 1e-6 on resnet18's logits).
+img/s, 48.2 folded (+3%); served at 32 clients over five runs, -6% to +6% (noise) on resnet18
+and +2% to +29% on the demo U-Net. Answers change by float rounding only (about 1e-6 on resnet18's logits).
 
 The pairs are found in the graph ``torch.fx`` traces, so a model whose forward branches on
 its data cannot be folded; that is an error naming the model, never a silent fallback.
