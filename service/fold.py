@@ -13,6 +13,8 @@ its data cannot be folded; that is an error naming the model, never a silent fal
 
 from __future__ import annotations
 
+from collections import Counter
+
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -35,7 +37,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     except Exception as exc:  # fx raises TraceError, TypeError, or whatever forward raises on a Proxy
         raise NotTraceable(f"torch.fx cannot trace its forward ({type(exc).__name__}: {exc})") from exc
     modules = dict(traced.named_modules())
-    calls = _call_counts(traced.graph)
+    calls = Counter(str(node.target) for node in traced.graph.nodes if node.op == "call_module")
     folded = 0
     for node in list(traced.graph.nodes):
         conv_node = _conv_feeding(node, modules, calls)
@@ -53,15 +55,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     return traced
 
 
-def _call_counts(graph: fx.Graph) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            counts[str(node.target)] = counts.get(str(node.target), 0) + 1
-    return counts
-
-
-def _conv_feeding(node: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int]) -> fx.Node | None:
+def _conv_feeding(node: fx.Node, modules: dict[str, nn.Module], calls: Counter[str]) -> fx.Node | None:
     """The convolution node ``node`` (a BatchNorm) can be folded into, if any: a convolution
     called once in the whole graph (shared weights cannot take one BatchNorm's scale), whose
     output nothing else reads, into a BatchNorm that normalises by running statistics."""

@@ -43,13 +43,15 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-class _Seconds:
-    """``strftime`` of a record's second, computed once per second: every access line needs
-    one, and ``strftime`` was a tenth of a line's cost."""
+class _Stamp:
+    """A record's time stamp: ``strftime`` of its second, computed once per second (every
+    access line needs one, and ``strftime`` was a tenth of a line's cost), then its
+    milliseconds as ``logging`` counts them."""
 
-    def __init__(self, pattern: str, convert: Callable[[float], time.struct_time]) -> None:
+    def __init__(self, pattern: str, convert: Callable[[float], time.struct_time], milliseconds: str) -> None:
         self.pattern = pattern
         self.convert = convert
+        self.milliseconds = milliseconds  # a format of the milliseconds, with what surrounds them
         self._last: tuple[int, str] = (-1, "")
 
     def __call__(self, created: float) -> str:
@@ -57,7 +59,7 @@ class _Seconds:
         last = self._last
         if last[0] != second:
             last = self._last = (second, time.strftime(self.pattern, self.convert(second)))
-        return last[1]
+        return last[1] + self.milliseconds % int((created - second) * 1000)
 
 
 class TextFormatter(logging.Formatter):
@@ -65,14 +67,14 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
-        self._seconds = _Seconds("%Y-%m-%d %H:%M:%S", time.localtime)
+        self._stamp = _Stamp("%Y-%m-%d %H:%M:%S", time.localtime, ",%03d")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return self.stamp(record.created)
 
     def stamp(self, created: float) -> str:
         """``created`` (a ``time.time()``) as ``asctime``, milliseconds as ``logging`` counts them."""
-        return f"{self._seconds(created)},{int((created - int(created)) * 1000):03d}"
+        return self._stamp(created)
 
     def line(self, created: float, level: str, logger: str, request_id: str, message: str) -> str:
         """A line without a record: what ``format`` writes for one with these fields."""
@@ -86,7 +88,7 @@ class JsonFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._seconds = _Seconds("%Y-%m-%dT%H:%M:%S", time.gmtime)
+        self._stamp = _Stamp("%Y-%m-%dT%H:%M:%S", time.gmtime, ".%03dZ")
 
     def format(self, record: logging.LogRecord) -> str:
         extra = {key: value for key, value in record.__dict__.items() if key not in _STANDARD}
@@ -106,9 +108,8 @@ class JsonFormatter(logging.Formatter):
         extra: dict[str, Any],
     ) -> str:
         """A line without a record: what ``format`` writes for one with these fields."""
-        milliseconds = int((created - int(created)) * 1000)
         entry: dict[str, Any] = {
-            "time": f"{self._seconds(created)}.{milliseconds:03d}Z",
+            "time": self._stamp(created),
             "level": level,
             "logger": logger,
             "message": message,

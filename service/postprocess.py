@@ -131,7 +131,7 @@ class SegmentationTask(Task):
             mask = class_mask(scores[0])
             counts = torch.bincount(mask.flatten(), minlength=row.shape[0]).cpu().tolist()
             array = mask.cpu().numpy()
-            png = mask_png(array) if job.wants.mask_png else None
+            png = grey_png(array) if job.wants.mask_png else None
             results.append(Segmentation(array, png, {str(i): n for i, n in enumerate(counts)}))
         return results
 
@@ -185,8 +185,3 @@ def select_logits(output: Any, key: int | str | None) -> torch.Tensor:
             f"the model's output has no tensor at {where} ({available}); set the model's 'output'"
         )
     return chosen
-
-
-def mask_png(mask: np.ndarray) -> bytes:
-    """A single-channel PNG whose pixel values are class indices."""
-    return grey_png(mask)

@@ -11,7 +11,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import torch
 
 from service.errors import ConfigError
 from tests.integration.harness import model_entry, png, save_random_weights, serving, write_config
@@ -53,17 +55,24 @@ async def test_each_precision_and_layout_answers_as_float32_eager(tmp_path: Path
     expected = [class_probabilities(model, preprocess(i, (32, 32), 1, (0.5,), (0.5,))[0]) for i in IMAGES]
     async with serving(write_config(tmp_path, models)) as (client, _):
         for name, extra in options.items():
-            answer = await client.post(f"/predict?model={name}&top_k=10", files=_files(IMAGES))
-            assert answer.status_code == 200, answer.text
+            await _answers_as(client, name, expected, top_k=10, tolerance=TOLERANCE[name])
             info = (await client.get(f"/models/{name}")).json()
             assert info["precision"] == extra.get("precision", "float32")
             assert info["channels_last"] is extra.get("channels_last", False)
             assert info["fold_batchnorm"] is False
             assert info["compile"] is False
-            for prediction, reference in zip(answer.json()["predictions"], expected, strict=True):
-                scores = {e["class_index"]: e["score"] for e in prediction["top_k"]}
-                want = {i: float(p) for i, p in enumerate(reference)}
-                assert scores == pytest.approx(want, abs=TOLERANCE[name]), name
+
+
+async def _answers_as(
+    client: httpx.AsyncClient, name: str, expected: list[torch.Tensor], *, top_k: int, tolerance: float
+) -> None:
+    """``IMAGES`` served by model ``name`` score as ``expected`` (eager float32) within ``tolerance``."""
+    answer = await client.post(f"/predict?model={name}&top_k={top_k}", files=_files(IMAGES))
+    assert answer.status_code == 200, answer.text
+    for prediction, reference in zip(answer.json()["predictions"], expected, strict=True):
+        scores = {e["class_index"]: e["score"] for e in prediction["top_k"]}
+        want = {i: float(p) for i, p in enumerate(reference)}
+        assert scores == pytest.approx(want, abs=tolerance), name
 
 
 async def test_a_precision_the_device_cannot_run_stops_the_start_naming_model_and_option(
@@ -109,13 +118,9 @@ async def test_folded_batchnorms_answer_as_eager_alone_and_with_channels_last(tm
     expected = [class_probabilities(model, preprocess(i, (32, 32), 1, (0.5,), (0.5,))[0]) for i in IMAGES]
     async with serving(write_config(tmp_path, models)) as (client, _):
         for name, extra in options.items():
-            answer = await client.post(f"/predict?model={name}&top_k=3", files=_files(IMAGES))
-            assert answer.status_code == 200, answer.text
+            await _answers_as(client, name, expected, top_k=3, tolerance=1e-5)
             info = (await client.get(f"/models/{name}")).json()
             assert (info["fold_batchnorm"], info["channels_last"]) == (True, "channels_last" in extra)
-            for prediction, reference in zip(answer.json()["predictions"], expected, strict=True):
-                scores = {e["class_index"]: e["score"] for e in prediction["top_k"]}
-                assert scores == pytest.approx({i: float(p) for i, p in enumerate(reference)}, abs=1e-5)
 
 
 async def test_fold_batchnorm_on_a_model_fx_cannot_trace_stops_the_start_naming_model_and_option(

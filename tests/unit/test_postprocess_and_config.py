@@ -13,13 +13,13 @@ from service.checkpoint_paths import resolve_checkpoint
 from service.config import build_config, load_config
 from service.decode import DecodedImage
 from service.errors import ConfigError, Forbidden, NotFound
+from service.plain_png import grey_png
 from service.postprocess import (
     ClassificationTask,
     Job,
     SegmentationTask,
     Wants,
     class_mask,
-    mask_png,
     select_logits,
 )
 
@@ -55,7 +55,7 @@ def test_mask_png_round_trips_class_indices() -> None:
     from PIL import Image
 
     mask = np.array([[0, 1], [2, 3]], dtype=np.uint8)
-    with Image.open(BytesIO(mask_png(mask))) as image:
+    with Image.open(BytesIO(grey_png(mask))) as image:
         assert image.mode == "L" and np.array_equal(np.asarray(image), mask)
 
 
