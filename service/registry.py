@@ -161,7 +161,7 @@ class Registry:
             # A compiled graph guards on torch's thread count: sharing the cores per batch
             # (alone: all, together: one each) would recompile it on every change.
             threads = max(1, available_cores() // len(devices))
-        cores = CoreShare(available_cores())
+        cores = CoreShare(available_cores(), len(devices))
         size = spec.input.size
         replicas = [
             Replica(

@@ -174,7 +174,7 @@ class Replica:
             started = time.monotonic()
             try:
                 outputs = await loop.run_in_executor(
-                    self._executor, self.run, batch.tag, batch.payloads, task
+                    self._executor, self.run, batch.tag, batch.payloads, task, batcher.depth > 0
                 )
             except asyncio.CancelledError:
                 batch.fail(NotReady("the server is shutting down; retry on another instance"))
@@ -195,8 +195,11 @@ class Replica:
                 size = batch.tag.device_models[self.slot].padded_size(len(outputs))
                 cost.add(size, compute_s * self.last_threads)
 
-    def run(self, version: ModelVersion, jobs: Sequence[Job], task: Task) -> list[Any]:
-        """Blocking: stage, forward and postprocess one batch on this thread.
+    def run(
+        self, version: ModelVersion, jobs: Sequence[Job], task: Task, work_waiting: bool = False
+    ) -> list[Any]:
+        """Blocking: stage, forward and postprocess one batch on this thread (``work_waiting``:
+        more images wait in the queue, see ``CoreShare``).
 
         A ``BaseException`` that is not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``,
         ``GeneratorExit``, a ``CancelledError`` or a custom one from the model) is turned into
@@ -204,13 +207,13 @@ class Replica:
         process or the replica's task instead of one batch.
         """
         try:
-            return self._run(version.device_models[self.slot], jobs, task)
+            return self._run(version.device_models[self.slot], jobs, task, work_waiting)
         except Exception:
             raise
         except BaseException as exc:  # the model's, not this thread's: nothing cancels it
             raise ForwardRaised(f"{type(exc).__name__}: {exc}") from exc
 
-    def _run(self, model: DeviceModel, jobs: Sequence[Job], task: Task) -> list[Any]:
+    def _run(self, model: DeviceModel, jobs: Sequence[Job], task: Task, work_waiting: bool) -> list[Any]:
         with torch.inference_mode():
             if self._stream is not None:
                 with torch.cuda.stream(self._stream):
@@ -218,7 +221,7 @@ class Replica:
                 self._stream.synchronize()
                 return outputs
             if isinstance(self._threads, CoreShare):
-                with self._threads.claim() as threads:
+                with self._threads.claim(work_waiting) as threads:
                     self.last_threads = threads
                     if threads > 1:  # on the process's one multi-thread lane (``wide_lane``)
                         return wide_lane().submit(self._run_wide, threads, model, jobs, task).result()
@@ -272,9 +275,11 @@ class Replica:
         # Safe to reuse the pinned buffer next batch: run() synchronises the stream first.
         return staged.to(self.device, non_blocking=True)
 
-    def submit(self, version: ModelVersion, jobs: Sequence[Job], task: Task) -> Future[list[Any]]:
+    def submit(
+        self, version: ModelVersion, jobs: Sequence[Job], task: Task, work_waiting: bool = False
+    ) -> Future[list[Any]]:
         """Queues one batch on this replica's thread, between the batches it serves."""
-        return self._executor.submit(self.run, version, jobs, task)
+        return self._executor.submit(self.run, version, jobs, task, work_waiting)
 
     def _fail(self, batch: Batch[Job, ModelVersion], exc: BaseException) -> None:
         if isinstance(exc, ServeError):

@@ -109,13 +109,24 @@ def test_non_finite_logits_fail_the_batch_with_a_clear_error() -> None:
 
 
 def test_core_share_gives_all_cores_alone_and_splits_them_together() -> None:
-    share = CoreShare(4)
+    share = CoreShare(4, replicas=2)
     with share.claim() as alone:
         assert alone == 4
         with share.claim() as second:
             assert second == 2
     with share.claim() as again:
         assert again == 4
+
+
+def test_core_share_counts_the_replica_that_queued_work_will_start() -> None:
+    """Under load a batch that took every core alone would share them a moment later."""
+    share = CoreShare(4, replicas=2)
+    with share.claim(work_waiting=True) as first:
+        assert first == 2
+        with share.claim(work_waiting=True) as second:  # both replicas busy: no third to count
+            assert second == 2
+    with CoreShare(4, replicas=1).claim(work_waiting=True) as only:  # nobody else will start
+        assert only == 4
 
 
 def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path: Path) -> None:
@@ -150,7 +161,7 @@ class _WhereRun(torch.nn.Module):
 
 def test_a_batch_on_several_cores_runs_on_the_one_wide_lane_and_a_shared_one_on_its_replica() -> None:
     module = _WhereRun()
-    share = CoreShare(2)
+    share = CoreShare(2, replicas=2)
     replica = Replica(0, "m", torch.device("cpu"), input_shape=(8, 8, 1), max_batch_size=8, threads=share)
     version = ModelVersion(
         "v", Path("unused.pt"), 0.0, 0.0, (DeviceModel(module.eval(), SPEC, torch.device("cpu")),)
@@ -160,12 +171,16 @@ def test_a_batch_on_several_cores_runs_on_the_one_wide_lane_and_a_shared_one_on_
         threads_alone = replica.last_threads
         with share.claim():  # another replica of the model is busy: this one gets one core
             shared = replica.submit(version, _jobs(2), TASK).result()
+        # alone, but with images queued behind the batch: the other replica starts at once
+        loaded = replica.submit(version, _jobs(2), TASK, work_waiting=True).result()
     finally:
         replica.close()
-    assert len(alone) == len(shared) == 2 and [o.indices for o in alone] == [o.indices for o in shared]
-    (wide_thread, wide_threads, wide_inference), (own_thread, own_threads, own_inference) = module.seen
+    assert len(alone) == len(shared) == len(loaded) == 2
+    assert [o.indices for o in alone] == [o.indices for o in shared] == [o.indices for o in loaded]
+    (wide_thread, wide_threads, wide_inference), *own = module.seen
     assert wide_thread.startswith("cpu-wide") and wide_threads == 2 and wide_inference
-    assert own_thread.startswith("replica-m-0") and own_threads == 1 and own_inference
+    for own_thread, own_threads, own_inference in own:
+        assert own_thread.startswith("replica-m-0") and own_threads == 1 and own_inference
     assert (threads_alone, replica.last_threads) == (2, 1)  # what the batch cost is scaled by
 
 
