@@ -121,24 +121,39 @@ class SegmentationTask(Task):
             raise ConfigError(f"masks are 8-bit: at most 256 classes, got {logits.shape[1]}")
 
     def postprocess(self, logits: torch.Tensor, jobs: Sequence[Job]) -> list[Segmentation]:
-        """Per image: logits upsampled to its output size, argmax, pixels per class."""
+        """Per image: logits upsampled to its output size, argmax, pixels per class.
+
+        The images of one output size (a batch of one camera's frames is one group) go through
+        each op together and reach the host in one copy: a replica's Python between torch's
+        kernels holds the GIL that every other replica and the event loop wait for, and per
+        image the demo U-Net's batch of 4 made 60 such calls where per group it makes 15.
+        """
         self.check(logits)
-        results = []
-        for row, job in zip(logits, jobs, strict=True):
-            scores = row[None].float()
-            if tuple(scores.shape[2:]) != job.output_size:
-                scores = F.interpolate(scores, size=job.output_size, mode="bilinear", align_corners=False)
-            mask = class_mask(scores[0])
-            counts = torch.bincount(mask.flatten(), minlength=row.shape[0]).cpu().tolist()
-            array = mask.cpu().numpy()
-            png = grey_png(array) if job.wants.mask_png else None
-            results.append(Segmentation(array, png, {str(i): n for i, n in enumerate(counts)}))
-        return results
+        scores = logits.float()
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, job in enumerate(jobs):
+            groups.setdefault(job.output_size, []).append(index)
+        results: dict[int, Segmentation] = {}
+        for size, indices in groups.items():
+            group = scores if len(indices) == len(jobs) else scores[indices]
+            if tuple(group.shape[2:]) != size:
+                group = F.interpolate(group, size=size, mode="bilinear", align_corners=False)
+            masks = class_mask(group).cpu()
+            for index, mask in zip(indices, masks, strict=True):
+                results[index] = _segmentation(mask, scores.shape[1], jobs[index].wants)
+        return [results[index] for index in range(len(jobs))]
+
+
+def _segmentation(mask: torch.Tensor, classes: int, wants: Wants) -> Segmentation:
+    counts = torch.bincount(mask.flatten(), minlength=classes).tolist()
+    array = mask.numpy()
+    png = grey_png(array) if wants.mask_png else None
+    return Segmentation(array, png, {str(i): n for i, n in enumerate(counts)})
 
 
 def class_mask(scores: torch.Tensor) -> torch.Tensor:
-    """``scores.argmax(dim=0)`` as uint8 for [classes, H, W] scores: the first class of the
-    highest score per pixel.
+    """``scores.argmax(dim=-3)`` as uint8 for [..., classes, H, W] scores: the first class of
+    the highest score per pixel.
 
     On a CPU, torch's argmax over an outer dim (NCHW scores, as the upsampled logits are)
     builds a TensorIterator per output chunk inside its parallel region, and its threads'
@@ -147,13 +162,14 @@ def class_mask(scores: torch.Tensor) -> torch.Tensor:
     0.6 ms (12.6 ms against 25.6 at 150 classes). Scores with the classes innermost
     (channels_last), and every GPU, keep torch's argmax, which is fast there.
     """
-    if scores.device.type != "cpu" or scores.stride(0) == 1:
-        return scores.argmax(dim=0).to(torch.uint8)
-    best = scores[0]
-    mask = torch.zeros(scores.shape[1:], dtype=torch.uint8, device=scores.device)
-    for index in range(1, scores.shape[0]):
-        mask.masked_fill_(scores[index] > best, index)  # strictly higher: the first maximum wins
-        best = torch.maximum(best, scores[index])
+    if scores.device.type != "cpu" or scores.stride(-3) == 1:
+        return scores.argmax(dim=-3).to(torch.uint8)
+    best = scores.select(-3, 0)
+    mask = torch.zeros(best.shape, dtype=torch.uint8, device=scores.device)
+    for index in range(1, scores.shape[-3]):
+        candidate = scores.select(-3, index)
+        mask.masked_fill_(candidate > best, index)  # strictly higher: the first maximum wins
+        best = torch.maximum(best, candidate)
     return mask
 
 

@@ -49,6 +49,32 @@ def test_segment_upsamples_to_each_images_own_size_and_counts_pixels() -> None:
     assert second.class_pixel_counts == {str(i): int(n) for i, n in enumerate(counts)}
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_a_batch_of_mixed_sizes_answers_each_image_as_if_it_were_alone(layout: torch.memory_format) -> None:
+    """Images are upsampled and masked together per output size; the order stays the batch's."""
+    logits = torch.randn(5, 4, 6, 6, generator=torch.Generator().manual_seed(0))
+    logits = logits.contiguous(memory_format=layout)
+    no_png = Job.of_image(
+        DecodedImage(torch.zeros(2, 2, 1, dtype=torch.uint8), 12, 10), Wants(mask_png=False)
+    )
+    jobs = [_job(9, 7), _job(6, 6), _job(9, 7), no_png, _job(6, 6)]
+    together = SegmentationTask().postprocess(logits, jobs)
+    for row, job, answer in zip(logits, jobs, together, strict=True):
+        (alone,) = SegmentationTask().postprocess(row[None].contiguous(), [job])
+        assert answer.mask.shape == job.output_size
+        assert np.array_equal(answer.mask, alone.mask)
+        assert answer.class_pixel_counts == alone.class_pixel_counts
+        assert answer.png == alone.png
+    assert together[3].png is None and together[0].png is not None
+
+
+def test_class_mask_takes_a_batch_of_score_maps() -> None:
+    scores = torch.randint(0, 3, (3, 5, 8, 9), generator=torch.Generator().manual_seed(1)).float()
+    for layout in (torch.contiguous_format, torch.channels_last):
+        mask = class_mask(scores.contiguous(memory_format=layout))
+        assert mask.shape == (3, 8, 9) and torch.equal(mask.long(), scores.argmax(dim=1))
+
+
 def test_mask_png_round_trips_class_indices() -> None:
     from io import BytesIO
 
