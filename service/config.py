@@ -147,7 +147,11 @@ class ModelSpec(_Frozen):
         description="the weights' dtype (cast once at load) and the inputs' (cast on the device); "
         "softmax, argmax and scores stay float32",
     )
-    channels_last: bool = Field(False, description="module and inputs in torch.channels_last memory format")
+    channels_last: bool = Field(
+        False,
+        description="module and inputs in torch.channels_last memory format; false: the module "
+        "as loaded and the pixels as decoded (colour images are NHWC-strided already)",
+    )
     fold_batchnorm: bool = Field(
         False,
         description="fold each BatchNorm into the convolution before it, once at load (the same answers "
