@@ -123,6 +123,16 @@ def _use_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+@dataclass(frozen=True, slots=True)
+class MeasuredBatch:
+    """A batch's outputs (one per job), the CPU threads it ran on (1 on a GPU) and its cost in
+    core-seconds (see ``Replica.run_measured`` and ``BatchCost``)."""
+
+    outputs: list[Any]
+    threads: int
+    core_seconds: float
+
+
 class ForwardRaised(Exception):
     """A forward raised a ``BaseException`` that is not an ``Exception``."""
 
@@ -146,7 +156,6 @@ class Replica:
         self.device_key = str(device)
         self.busy = False
         self.batches_served = 0
-        self.last_threads = 1  # the CPU threads the latest batch ran on (1 on a GPU)
         # CPU threads: a fixed count, or a share of the cores claimed per batch
         self._threads = threads if device.type == "cpu" else None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"replica-{model_name}-{slot}-{device}")
@@ -173,8 +182,8 @@ class Replica:
             self.busy = True
             started = time.monotonic()
             try:
-                outputs = await loop.run_in_executor(
-                    self._executor, self.run, batch.tag, batch.payloads, task, batcher.depth > 0
+                measured = await loop.run_in_executor(
+                    self._executor, self.run_measured, batch.tag, batch.payloads, task, batcher.depth > 0
                 )
             except asyncio.CancelledError:
                 batch.fail(NotReady("the server is shutting down; retry on another instance"))
@@ -186,50 +195,69 @@ class Replica:
             finally:
                 self.busy = False
             compute_s = time.monotonic() - started
-            batch.settle(outputs)
+            batch.settle(measured.outputs)
             self.batches_served += 1
-            metrics.observe_batch(
-                self.device_key, len(outputs), started - batch.oldest_enqueued_at, compute_s
-            )
+            size = len(measured.outputs)
+            metrics.observe_batch(self.device_key, size, started - batch.oldest_enqueued_at, compute_s)
             if cost is not None:
-                size = batch.tag.device_models[self.slot].padded_size(len(outputs))
-                cost.add(size, compute_s * self.last_threads)
+                cost.add(batch.tag.device_models[self.slot].padded_size(size), measured.core_seconds)
 
     def run(
         self, version: ModelVersion, jobs: Sequence[Job], task: Task, work_waiting: bool = False
     ) -> list[Any]:
         """Blocking: stage, forward and postprocess one batch on this thread (``work_waiting``:
-        more images wait in the queue, see ``CoreShare``).
+        more images wait in the queue, see ``CoreShare``); one output per job."""
+        return self.run_measured(version, jobs, task, work_waiting).outputs
+
+    def run_measured(
+        self, version: ModelVersion, jobs: Sequence[Job], task: Task, work_waiting: bool = False
+    ) -> MeasuredBatch:
+        """``run``, with what the batch cost.
+
+        The cost of a batch on one CPU thread is that thread's CPU time: its wall time under
+        load also counts the moments the thread waited for a core (other replicas, decoding,
+        the event loop), so sizes that only ever ran under load looked up to half again dearer
+        than sizes timed at one client, and the demo U-Net's cap sank from 4 to 2 in a server
+        of three models (262 against 345 requests a second at 32 clients). A batch on several
+        threads costs its wall time times its threads (their CPU time is not this thread's to
+        read, and such a batch runs only while no other work waits), one on a GPU its wall time.
 
         A ``BaseException`` that is not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``,
         ``GeneratorExit``, a ``CancelledError`` or a custom one from the model) is turned into
         ``ForwardRaised`` here, on the thread: raised into the event loop it would end the
         process or the replica's task instead of one batch.
         """
+        wall, cpu = time.monotonic(), time.thread_time()
         try:
-            return self._run(version.device_models[self.slot], jobs, task, work_waiting)
+            outputs, threads = self._run(version.device_models[self.slot], jobs, task, work_waiting)
         except Exception:
             raise
         except BaseException as exc:  # the model's, not this thread's: nothing cancels it
             raise ForwardRaised(f"{type(exc).__name__}: {exc}") from exc
+        if self.device.type == "cpu" and threads == 1:
+            return MeasuredBatch(outputs, threads, time.thread_time() - cpu)
+        return MeasuredBatch(outputs, threads, (time.monotonic() - wall) * threads)
 
-    def _run(self, model: DeviceModel, jobs: Sequence[Job], task: Task, work_waiting: bool) -> list[Any]:
+    def _run(
+        self, model: DeviceModel, jobs: Sequence[Job], task: Task, work_waiting: bool
+    ) -> tuple[list[Any], int]:
+        """The batch's outputs, and the CPU threads it ran on (1 on a GPU)."""
         with torch.inference_mode():
             if self._stream is not None:
                 with torch.cuda.stream(self._stream):
                     outputs = self._run_splitting(model, jobs, task)
                 self._stream.synchronize()
-                return outputs
+                return outputs, 1
             if isinstance(self._threads, CoreShare):
                 with self._threads.claim(work_waiting) as threads:
-                    self.last_threads = threads
                     if threads > 1:  # on the process's one multi-thread lane (``wide_lane``)
-                        return wide_lane().submit(self._run_wide, threads, model, jobs, task).result()
+                        wide = wide_lane().submit(self._run_wide, threads, model, jobs, task)
+                        return wide.result(), threads
                     _use_threads(1)
-                    return self._run_splitting(model, jobs, task)
-            self.last_threads = self._threads or 1
-            _use_threads(self.last_threads)
-            return self._run_splitting(model, jobs, task)
+                    return self._run_splitting(model, jobs, task), 1
+            threads = self._threads or 1
+            _use_threads(threads)
+            return self._run_splitting(model, jobs, task), threads
 
     def _run_wide(self, threads: int, model: DeviceModel, jobs: Sequence[Job], task: Task) -> list[Any]:
         with torch.inference_mode():  # per thread: this is not the replica's
@@ -277,9 +305,9 @@ class Replica:
 
     def submit(
         self, version: ModelVersion, jobs: Sequence[Job], task: Task, work_waiting: bool = False
-    ) -> Future[list[Any]]:
+    ) -> Future[MeasuredBatch]:
         """Queues one batch on this replica's thread, between the batches it serves."""
-        return self._executor.submit(self.run, version, jobs, task, work_waiting)
+        return self._executor.submit(self.run_measured, version, jobs, task, work_waiting)
 
     def _fail(self, batch: Batch[Job, ModelVersion], exc: BaseException) -> None:
         if isinstance(exc, ServeError):

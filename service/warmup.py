@@ -10,7 +10,6 @@ do fails here with an error that names the model and the option, never a silent 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from service.batch_cap import bucket_sizes
 from service.config import ModelSpec
 from service.errors import CheckpointError, ConfigError, NonFiniteOutput, ServeError
 from service.postprocess import Job, Wants
-from service.replica import ModelVersion, Replica
+from service.replica import MeasuredBatch, ModelVersion, Replica
 from service.served import ServedModel
 
 # Runs per bucket of a compiled model: the compile, then (CUDA graph trees, reduce-overhead)
@@ -37,15 +36,13 @@ async def warm_up(served: ServedModel, version: ModelVersion) -> list[Any]:
     results: list[Any] = []
     for replica in served.replicas:
         try:
-            results = await _run(replica, version, served, jobs)
+            results = (await _run(replica, version, served, jobs)).outputs
             for size in sizes:
                 for _ in range(runs - 1):
                     await _run(replica, version, served, jobs[:size])
-                started = time.monotonic()
-                await _run(replica, version, served, jobs[:size])
+                measured = await _run(replica, version, served, jobs[:size])
                 if served.cost is not None:
-                    seconds = time.monotonic() - started
-                    served.cost.add(size, seconds * replica.last_threads, refit=False)
+                    served.cost.add(size, measured.core_seconds, refit=False)
         except NonFiniteOutput:
             raise CheckpointError(
                 f"{version.checkpoint.name}: the warm-up forward on {replica.device_key} gave "
@@ -63,7 +60,9 @@ async def warm_up(served: ServedModel, version: ModelVersion) -> list[Any]:
     return results
 
 
-async def _run(replica: Replica, version: ModelVersion, served: ServedModel, jobs: list[Job]) -> list[Any]:
+async def _run(
+    replica: Replica, version: ModelVersion, served: ServedModel, jobs: list[Job]
+) -> MeasuredBatch:
     return await asyncio.wrap_future(replica.submit(version, jobs, served.task))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -168,20 +169,58 @@ def test_a_batch_on_several_cores_runs_on_the_one_wide_lane_and_a_shared_one_on_
     )
     try:
         alone = replica.submit(version, _jobs(2), TASK).result()
-        threads_alone = replica.last_threads
         with share.claim():  # another replica of the model is busy: this one gets one core
             shared = replica.submit(version, _jobs(2), TASK).result()
         # alone, but with images queued behind the batch: the other replica starts at once
         loaded = replica.submit(version, _jobs(2), TASK, work_waiting=True).result()
     finally:
         replica.close()
-    assert len(alone) == len(shared) == len(loaded) == 2
-    assert [o.indices for o in alone] == [o.indices for o in shared] == [o.indices for o in loaded]
+    assert len(alone.outputs) == len(shared.outputs) == len(loaded.outputs) == 2
+    assert [o.indices for o in alone.outputs] == [o.indices for o in shared.outputs]
+    assert [o.indices for o in alone.outputs] == [o.indices for o in loaded.outputs]
     (wide_thread, wide_threads, wide_inference), *own = module.seen
     assert wide_thread.startswith("cpu-wide") and wide_threads == 2 and wide_inference
     for own_thread, own_threads, own_inference in own:
         assert own_thread.startswith("replica-m-0") and own_threads == 1 and own_inference
-    assert (threads_alone, replica.last_threads) == (2, 1)  # what the batch cost is scaled by
+    assert (alone.threads, shared.threads, loaded.threads) == (2, 1, 1)
+
+
+class _Waiting(torch.nn.Module):
+    """Waits without using its core (``busy=False``), or keeps it busy, for ``seconds``."""
+
+    def __init__(self, seconds: float, busy: bool) -> None:
+        super().__init__()
+        self.seconds, self.busy = seconds, busy
+        self.head = torch.nn.Linear(1, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.busy:
+            busy_until = time.thread_time() + self.seconds
+            while time.thread_time() < busy_until:
+                pass
+        else:
+            time.sleep(self.seconds)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_a_batch_on_one_core_costs_its_cpu_time_and_a_wide_one_its_wall_time_per_thread(busy: bool) -> None:
+    """Time a thread spends off its core (here asleep; under load, waiting for one) is no cost."""
+    share = CoreShare(2, replicas=2)
+    replica = Replica(0, "m", torch.device("cpu"), input_shape=(8, 8, 1), max_batch_size=8, threads=share)
+    model = DeviceModel(_Waiting(0.05, busy).eval(), SPEC, torch.device("cpu"))
+    version = ModelVersion("v", Path("unused.pt"), 0.0, 0.0, (model,))
+    try:
+        wide = replica.submit(version, _jobs(2), TASK).result()
+        one_core = replica.submit(version, _jobs(2), TASK, work_waiting=True).result()
+    finally:
+        replica.close()
+    assert (wide.threads, one_core.threads) == (2, 1)
+    assert wide.core_seconds >= 2 * 0.05
+    if busy:
+        assert 0.05 <= one_core.core_seconds < 0.05 + 0.04
+    else:
+        assert one_core.core_seconds < 0.02
 
 
 def test_a_version_loads_on_one_torch_thread(tmp_path: Path) -> None:
