@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -71,22 +72,34 @@ class CoreShare:
     def __init__(self, cores: int, replicas: int) -> None:
         self.cores = cores
         self.replicas = replicas
-        self._running = 0
+        self._held: set[Claim] = set()
         self._lock = threading.Lock()
 
     @contextmanager
-    def claim(self, work_waiting: bool = False) -> Iterator[int]:
+    def claim(self, work_waiting: bool = False) -> Iterator[Claim]:
         """The torch threads to use for one batch, held until it ends. ``work_waiting``: the
         queue still holds images after this batch was taken."""
         with self._lock:
-            self._running += 1
-            together = min(self.replicas, self._running + 1) if work_waiting else self._running
-            threads = max(1, self.cores // together)
+            running = len(self._held) + 1
+            together = min(self.replicas, running + 1) if work_waiting else running
+            claim = Claim(max(1, self.cores // together), shared=bool(self._held))
+            for other in self._held:
+                other.shared = True
+            self._held.add(claim)
         try:
-            yield threads
+            yield claim
         finally:
             with self._lock:
-                self._running -= 1
+                self._held.discard(claim)
+
+
+@dataclass(eq=False)
+class Claim:
+    """One batch's share: its threads, and whether another batch of the model ran beside it
+    at any moment (its wall time then says little of what its threads cost)."""
+
+    threads: int
+    shared: bool = False
 
 
 @functools.cache

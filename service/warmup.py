@@ -41,7 +41,7 @@ async def warm_up(served: ServedModel, version: ModelVersion) -> list[Any]:
                 for _ in range(runs - 1):
                     await _run(replica, version, served, jobs[:size])
                 measured = await _run(replica, version, served, jobs[:size])
-                if served.cost is not None:
+                if served.cost is not None and measured.core_seconds is not None:
                     served.cost.add(size, measured.core_seconds, refit=False)
         except NonFiniteOutput:
             raise CheckpointError(

@@ -112,22 +112,24 @@ def test_non_finite_logits_fail_the_batch_with_a_clear_error() -> None:
 def test_core_share_gives_all_cores_alone_and_splits_them_together() -> None:
     share = CoreShare(4, replicas=2)
     with share.claim() as alone:
-        assert alone == 4
+        assert alone.threads == 4
         with share.claim() as second:
-            assert second == 2
+            assert second.threads == 2
     with share.claim() as again:
-        assert again == 4
+        assert again.threads == 4
+    # the first and second batches ran side by side, the third alone
+    assert (alone.shared, second.shared, again.shared) == (True, True, False)
 
 
 def test_core_share_counts_the_replica_that_queued_work_will_start() -> None:
     """Under load a batch that took every core alone would share them a moment later."""
     share = CoreShare(4, replicas=2)
     with share.claim(work_waiting=True) as first:
-        assert first == 2
+        assert first.threads == 2
         with share.claim(work_waiting=True) as second:  # both replicas busy: no third to count
-            assert second == 2
+            assert second.threads == 2
     with CoreShare(4, replicas=1).claim(work_waiting=True) as only:  # nobody else will start
-        assert only == 4
+        assert only.threads == 4
 
 
 def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path: Path) -> None:
@@ -213,10 +215,16 @@ def test_a_batch_on_one_core_costs_its_cpu_time_and_a_wide_one_its_wall_time_per
     try:
         wide = replica.submit(version, _jobs(2), TASK).result()
         one_core = replica.submit(version, _jobs(2), TASK, work_waiting=True).result()
+        running = replica.submit(version, _jobs(2), TASK)
+        time.sleep(0.02)
+        with share.claim():  # another replica starts while the wide batch runs
+            crowded = running.result()
     finally:
         replica.close()
-    assert (wide.threads, one_core.threads) == (2, 1)
-    assert wide.core_seconds >= 2 * 0.05
+    assert (wide.threads, one_core.threads, crowded.threads) == (2, 1, 2)
+    assert wide.core_seconds is not None and wide.core_seconds >= 2 * 0.05
+    assert crowded.core_seconds is None  # no sample: its wall time says little
+    assert one_core.core_seconds is not None
     if busy:
         assert 0.05 <= one_core.core_seconds < 0.05 + 0.04
     else:
