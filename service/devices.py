@@ -72,34 +72,39 @@ class CoreShare:
     def __init__(self, cores: int, replicas: int) -> None:
         self.cores = cores
         self.replicas = replicas
-        self._held: set[Claim] = set()
-        self._lock = threading.Lock()
+        self._running = 0
 
     @contextmanager
     def claim(self, work_waiting: bool = False) -> Iterator[Claim]:
         """The torch threads to use for one batch, held until it ends. ``work_waiting``: the
         queue still holds images after this batch was taken."""
-        with self._lock:
-            running = len(self._held) + 1
-            together = min(self.replicas, running + 1) if work_waiting else running
-            claim = Claim(max(1, self.cores // together), shared=bool(self._held))
-            for other in self._held:
+        with _CLAIMS_LOCK:
+            self._running += 1
+            together = min(self.replicas, self._running + 1) if work_waiting else self._running
+            claim = Claim(max(1, self.cores // together), shared=bool(_CLAIMS_HELD))
+            for other in _CLAIMS_HELD:
                 other.shared = True
-            self._held.add(claim)
+            _CLAIMS_HELD.add(claim)
         try:
             yield claim
         finally:
-            with self._lock:
-                self._held.discard(claim)
+            with _CLAIMS_LOCK:
+                self._running -= 1
+                _CLAIMS_HELD.discard(claim)
 
 
 @dataclass(eq=False)
 class Claim:
-    """One batch's share: its threads, and whether another batch of the model ran beside it
-    at any moment (its wall time then says little of what its threads cost)."""
+    """One batch's share: its threads, and whether another shared-core batch (of any model)
+    ran beside it at any moment: its wall time then says little of what its threads cost."""
 
     threads: int
     shared: bool = False
+
+
+# Every CPU batch that holds a share now, of every model: one batch's neighbours on the cores.
+_CLAIMS_HELD: set[Claim] = set()
+_CLAIMS_LOCK = threading.Lock()
 
 
 @functools.cache

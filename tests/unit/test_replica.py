@@ -119,6 +119,9 @@ def test_core_share_gives_all_cores_alone_and_splits_them_together() -> None:
         assert again.threads == 4
     # the first and second batches ran side by side, the third alone
     assert (alone.shared, second.shared, again.shared) == (True, True, False)
+    with share.claim() as mine, CoreShare(4, replicas=1).claim() as another_models:
+        pass  # another model's batch on the same cores crowds this one too
+    assert mine.shared and another_models.shared
 
 
 def test_core_share_counts_the_replica_that_queued_work_will_start() -> None:
