@@ -114,6 +114,13 @@ class Pooled(_Pooled):
         return self.head(self.features(x))
 
 
+def keep_busy(seconds: float) -> None:
+    """Uses this thread's core for ``seconds`` of CPU time (a stand-in for a forward's work)."""
+    busy_until = time.thread_time() + seconds
+    while time.thread_time() < busy_until:
+        pass
+
+
 class CostlyClassifier(_Pooled):
     """Keeps its thread busy for ``base_s + per_image_s * n + per_image_sq_s * n**2`` for a
     batch of ``n``: a known cost per batch size, so the batch cap it implies is known. Busy,
@@ -128,9 +135,7 @@ class CostlyClassifier(_Pooled):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base_s, per_image_s, per_image_sq_s = self.cost
         size = x.shape[0]
-        busy_until = time.thread_time() + base_s + per_image_s * size + per_image_sq_s * size**2
-        while time.thread_time() < busy_until:
-            pass
+        keep_busy(base_s + per_image_s * size + per_image_sq_s * size**2)
         return self.head(self.features(x))
 
 

@@ -19,6 +19,7 @@ from service.devices import CoreShare, cgroup_cpu_quota
 from service.errors import NonFiniteOutput
 from service.postprocess import ClassificationTask, Job, Wants
 from service.replica import DeviceModel, ModelVersion, Replica
+from tests.archs import keep_busy
 
 SPEC = ModelSpec(
     architecture="tests.archs:slow_classifier",
@@ -200,9 +201,7 @@ class _Waiting(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.busy:
-            busy_until = time.thread_time() + self.seconds
-            while time.thread_time() < busy_until:
-                pass
+            keep_busy(self.seconds)
         else:
             time.sleep(self.seconds)
         return self.head(x.mean(dim=(2, 3)))
