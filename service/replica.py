@@ -127,7 +127,7 @@ def _use_threads(threads: int) -> None:
 class MeasuredBatch:
     """A batch's outputs (one per job), the CPU threads it ran on (1 on a GPU) and its cost in
     core-seconds (see ``Replica.run_measured`` and ``BatchCost``), None when its wall time
-    cannot tell: on several threads, beside another batch of the model."""
+    cannot tell: on several threads, beside another shared-core CPU batch of any model."""
 
     outputs: list[Any]
     threads: int
@@ -221,9 +221,9 @@ class Replica:
         than sizes timed at one client, and the demo U-Net's cap sank from 4 to 2 in a server
         of three models (262 against 345 requests a second at 32 clients). A batch on several
         threads costs its wall time times its threads (their CPU time is not this thread's to
-        read), and is no sample at all when another batch of the model started beside it (it
-        went wide while nothing waited, then shared the cores: at 8 clients such batches of 4
-        cost twice what they did alone). One on a GPU costs its wall time.
+        read), and is no sample at all when another shared-core batch of any model ran beside
+        it (it went wide while nothing waited, then shared the cores: at 8 clients such batches
+        of 4 cost twice what they did alone). One on a GPU costs its wall time.
 
         A ``BaseException`` that is not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``,
         ``GeneratorExit``, a ``CancelledError`` or a custom one from the model) is turned into

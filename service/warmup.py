@@ -41,7 +41,7 @@ async def warm_up(served: ServedModel, version: ModelVersion) -> list[Any]:
                 for _ in range(runs - 1):
                     await _run(replica, version, served, jobs[:size])
                 # timed as a loaded server runs it: on one core of a shared CPU (see CoreShare)
-                measured = await _run(replica, version, served, jobs[:size], as_loaded=True)
+                measured = await _run(replica, version, served, jobs[:size], work_waiting=True)
                 if served.cost is not None and measured.core_seconds is not None:
                     served.cost.add(size, measured.core_seconds, refit=False)
         except NonFiniteOutput:
@@ -62,9 +62,9 @@ async def warm_up(served: ServedModel, version: ModelVersion) -> list[Any]:
 
 
 async def _run(
-    replica: Replica, version: ModelVersion, served: ServedModel, jobs: list[Job], as_loaded: bool = False
+    replica: Replica, version: ModelVersion, served: ServedModel, jobs: list[Job], work_waiting: bool = False
 ) -> MeasuredBatch:
-    return await asyncio.wrap_future(replica.submit(version, jobs, served.task, work_waiting=as_loaded))
+    return await asyncio.wrap_future(replica.submit(version, jobs, served.task, work_waiting))
 
 
 def _warm_up_jobs(spec: ModelSpec) -> list[Job]:
