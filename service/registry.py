@@ -184,9 +184,9 @@ class Registry:
         metrics.set_queue_capacity(spec.batching.max_queue_size)
         metrics.set_batch_cap(batcher.cap)
 
-        def limit_to(cap: int) -> None:
-            batcher.limit_to(cap)
-            metrics.set_batch_cap(batcher.cap)
+        def limit_to(cap: int, limit: int) -> None:
+            batcher.limit_to(limit)
+            metrics.set_batch_cap(cap)
 
         # a capped batch may take half the request deadline: one queued behind it still fits
         deadline_s = self.config.server.request_timeout_s / 2

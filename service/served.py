@@ -55,6 +55,12 @@ class ServedModel:
         return self.active is not None and not self.replicas_down
 
     @property
+    def batch_cap(self) -> int:
+        """The most images one batch takes: the adaptive cap chosen last (a probe of the size
+        above it is not a choice), else ``max_batch_size``."""
+        return self.cost.cap if self.cost is not None else self.batcher.cap
+
+    @property
     def devices(self) -> list[str]:
         return [replica.device_key for replica in self.replicas]
 
@@ -127,7 +133,7 @@ class ServedModel:
                 {"device": replica.device_key, "batches": replica.batches_served, "busy": replica.busy}
                 for replica in self.replicas
             ],
-            "batching": {**self.spec.batching.model_dump(), "cap": self.batcher.cap},
+            "batching": {**self.spec.batching.model_dump(), "cap": self.batch_cap},
             "precision": self.spec.precision,
             "channels_last": self.spec.channels_last,
             "fold_batchnorm": self.spec.fold_batchnorm,

@@ -10,6 +10,8 @@ do fails here with an error that names the model and the option, never a silent 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -32,33 +34,57 @@ async def warm_up(served: ServedModel, version: ModelVersion) -> list[Any]:
     spec = served.spec
     jobs = _warm_up_jobs(spec)
     sizes = bucket_sizes(len(jobs))[::-1] if spec.compile or served.cost is not None else ()
-    runs = _COMPILED_RUNS if spec.compile else 1
     results: list[Any] = []
     for replica in served.replicas:
-        try:
+        with _blaming(served, version, replica):
             results = (await _run(replica, version, served, jobs)).outputs
-            for size in sizes:
-                for _ in range(runs - 1):
+            for size in sizes if spec.compile else ():
+                for _ in range(_COMPILED_RUNS - 1):
                     await _run(replica, version, served, jobs[:size])
-                # timed as a loaded server runs it: on one core of a shared CPU (see CoreShare)
-                measured = await _run(replica, version, served, jobs[:size], work_waiting=True)
-                if served.cost is not None and measured.core_seconds is not None:
-                    served.cost.add(size, measured.core_seconds, refit=False)
-        except NonFiniteOutput:
-            raise CheckpointError(
-                f"{version.checkpoint.name}: the warm-up forward on {replica.device_key} gave "
-                f"non-finite outputs (NaN or inf){_in_precision(spec)}; the weights are not served"
-            ) from None
-        except ServeError:
-            raise
-        except Exception as exc:
-            blamed = _blame(served.name, spec, replica.device_key, exc)
-            if blamed is None:
-                raise
-            raise blamed from exc
+    for size in sizes:
+        # every replica at once, as a loaded server runs them (see ``_timed``)
+        measured = await asyncio.gather(
+            *(_timed(replica, version, served, jobs[:size]) for replica in served.replicas)
+        )
+        for batch in measured:
+            if served.cost is not None and batch.core_seconds is not None:
+                served.cost.add(size, batch.core_seconds, refit=False)
     if served.cost is not None:
         served.cost.refit()
     return results
+
+
+async def _timed(
+    replica: Replica, version: ModelVersion, served: ServedModel, jobs: list[Job]
+) -> MeasuredBatch:
+    """One batch timed as a loaded server runs it: on one core of a shared CPU (see
+    ``CoreShare``), beside the model's other replicas, after one untimed run of its size there.
+    Timed alone, each size looked a third cheaper than under load, where two replicas share
+    the caches; and a size's first run on a thread cost the demo U-Net 2.5x the next. Either
+    gave its sizes timings that traffic at the cap never corrects (see ``BatchCost``)."""
+    with _blaming(served, version, replica):
+        await _run(replica, version, served, jobs, work_waiting=True)
+        return await _run(replica, version, served, jobs, work_waiting=True)
+
+
+@contextmanager
+def _blaming(served: ServedModel, version: ModelVersion, replica: Replica) -> Iterator[None]:
+    """A warm-up failure as the load's error: non-finite outputs fail the checkpoint, an error
+    from an option names the model and the option (``_blame``)."""
+    try:
+        yield
+    except NonFiniteOutput:
+        raise CheckpointError(
+            f"{version.checkpoint.name}: the warm-up forward on {replica.device_key} gave "
+            f"non-finite outputs (NaN or inf){_in_precision(served.spec)}; the weights are not served"
+        ) from None
+    except ServeError:
+        raise
+    except Exception as exc:
+        blamed = _blame(served.name, served.spec, replica.device_key, exc)
+        if blamed is None:
+            raise
+        raise blamed from exc
 
 
 async def _run(

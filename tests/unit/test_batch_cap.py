@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.batch_cap import BatchCost, best_size, bucket_for, bucket_sizes
+from service.batch_cap import _PROBE_EVERY, _REFIT_EVERY, BatchCost, best_size, bucket_for, bucket_sizes
 
 
 def test_buckets_are_powers_of_two_then_the_maximum() -> None:
@@ -54,7 +54,7 @@ def test_without_two_sizes_seen_the_cap_is_the_maximum() -> None:
 
 def test_serving_samples_refit_the_cap_and_keep_the_sizes_traffic_skips() -> None:
     caps: list[int] = []
-    cost = BatchCost(bucket_sizes(8), deadline_s=15, on_cap=caps.append)
+    cost = BatchCost(bucket_sizes(8), deadline_s=15, on_cap=lambda cap, _limit: caps.append(cap))
     for size in cost.buckets:  # warm-up: flat cost per batch, the largest pays
         cost.add(size, 0.02, refit=False)
     assert cost.refit() == 8 and caps == [8]
@@ -71,3 +71,49 @@ def test_a_batch_counts_toward_the_smallest_bucket_that_holds_it(size: int) -> N
     cost = BatchCost((1, 4, 8), deadline_s=15)
     cost.add(size, 0.1, refit=False)
     assert [len(window) for window in cost._samples.values()] == [0, int(size <= 4), int(size > 4)]
+
+
+def _serve_until_refit(cost: BatchCost, size: int, seconds: float) -> None:
+    """Samples of one size, up to and including the next refit."""
+    for _ in range(_REFIT_EVERY):
+        cost.add(size, seconds)
+
+
+def test_a_cap_below_the_largest_bucket_probes_the_next_one_and_learns_it_pays() -> None:
+    """A warm-up that timed size 4 at 0.2 s (its real cost: 0.016 s) caps the model at 2; the
+    probe lets one refit period's batches reach 4, and their timing replaces the warm-up's."""
+    seen: list[tuple[int, int]] = []
+    cost = BatchCost((1, 2, 4), deadline_s=15, on_cap=lambda cap, limit: seen.append((cap, limit)))
+    for size, seconds in ((1, 0.01), (2, 0.012), (4, 0.2)):
+        cost.add(size, seconds, refit=False)
+    assert cost.refit() == 2
+    for _ in range(_PROBE_EVERY - 2):
+        _serve_until_refit(cost, 2, 0.012)
+    assert seen == [(2, 2)] * (_PROBE_EVERY - 1)  # capped at 2, and no batch may take more
+    _serve_until_refit(cost, 2, 0.012)
+    assert seen[-1] == (2, 4)  # the probe: the cap stays 2 (as reported), batches may take 4
+    _serve_until_refit(cost, 4, 0.016)  # 250 images/s at 4 against 167 at 2
+    assert cost.cap == 4 and seen[-1] == (4, 4)
+
+
+def test_a_probe_of_a_size_that_costs_more_ends_at_the_next_refit() -> None:
+    seen: list[tuple[int, int]] = []
+    cost = BatchCost((1, 2, 4), deadline_s=15, on_cap=lambda cap, limit: seen.append((cap, limit)))
+    for size, seconds in ((1, 0.01), (2, 0.012), (4, 0.2)):
+        cost.add(size, seconds, refit=False)
+    cost.refit()
+    for _ in range(_PROBE_EVERY - 1):
+        _serve_until_refit(cost, 2, 0.012)
+    assert seen[-1] == (2, 4)
+    _serve_until_refit(cost, 4, 0.1)  # measured again: still dearer per image than 2
+    assert seen[-1] == (2, 2)
+    # only the probe's timings are left of size 4: the warm-up's 0.2 s went with its first one
+    assert [seconds for _, seconds in cost._samples[4]] == [0.1] * _REFIT_EVERY
+
+
+def test_a_model_at_its_largest_bucket_never_probes() -> None:
+    seen: list[tuple[int, int]] = []
+    cost = BatchCost((1, 2, 4), deadline_s=15, on_cap=lambda cap, limit: seen.append((cap, limit)))
+    for _ in range(3 * _PROBE_EVERY):
+        _serve_until_refit(cost, 4, 0.01)
+    assert set(seen) == {(4, 4)}
