@@ -184,14 +184,14 @@ class Registry:
         metrics.set_queue_capacity(spec.batching.max_queue_size)
         metrics.set_batch_cap(batcher.cap)
 
-        def limit_to(cap: int, limit: int) -> None:
+        def on_cap(cap: int, limit: int) -> None:
             batcher.limit_to(limit)
             metrics.set_batch_cap(cap)
 
         # a capped batch may take half the request deadline: one queued behind it still fits
         deadline_s = self.config.server.request_timeout_s / 2
         buckets = bucket_sizes(spec.batching.max_batch_size)
-        cost = BatchCost(buckets, deadline_s, on_cap=limit_to) if spec.batching.adaptive else None
+        cost = BatchCost(buckets, deadline_s, on_cap=on_cap) if spec.batching.adaptive else None
         return ServedModel(
             name,
             spec,

@@ -3,8 +3,9 @@
 The largest batch runs first, so a batch that does not fit fails the load instead of a request.
 Then, when the model is compiled or its batch cap is adaptive, every bucket size runs: a
 compiled model compiles (and records its CUDA graphs) for each bucket here, never on a request,
-and each bucket's last run is timed into the model's ``BatchCost``. An option the device cannot
-do fails here with an error that names the model and the option, never a silent fallback.
+and an adaptive one times each bucket on all its replicas at once into its ``BatchCost``. An
+option the device cannot do fails here with an error that names the model and the option,
+never a silent fallback.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from service.replica import MeasuredBatch, ModelVersion, Replica
 from service.served import ServedModel
 
 # Runs per bucket of a compiled model: the compile, then (CUDA graph trees, reduce-overhead)
-# one warm run and one that records the graph; the last run is the one timed.
+# one warm run and one that records the graph.
 _COMPILED_RUNS = 3
 
 
@@ -33,24 +34,25 @@ async def warm_up(served: ServedModel, version: ModelVersion) -> list[Any]:
     """Runs the version's batch shapes on every replica; the results of its largest batch."""
     spec = served.spec
     jobs = _warm_up_jobs(spec)
-    sizes = bucket_sizes(len(jobs))[::-1] if spec.compile or served.cost is not None else ()
+    sizes = bucket_sizes(len(jobs))[::-1]
     results: list[Any] = []
     for replica in served.replicas:
         with _blaming(served, version, replica):
             results = (await _run(replica, version, served, jobs)).outputs
             for size in sizes if spec.compile else ():
-                for _ in range(_COMPILED_RUNS - 1):
+                for _ in range(_COMPILED_RUNS):
                     await _run(replica, version, served, jobs[:size])
+    if served.cost is None:
+        return results
     for size in sizes:
         # every replica at once, as a loaded server runs them (see ``_timed``)
         measured = await asyncio.gather(
             *(_timed(replica, version, served, jobs[:size]) for replica in served.replicas)
         )
         for batch in measured:
-            if served.cost is not None and batch.core_seconds is not None:
+            if batch.core_seconds is not None:
                 served.cost.add(size, batch.core_seconds, refit=False)
-    if served.cost is not None:
-        served.cost.refit()
+    served.cost.refit()
     return results
 
 

@@ -73,6 +73,12 @@ def test_a_batch_counts_toward_the_smallest_bucket_that_holds_it(size: int) -> N
     assert [len(window) for window in cost._samples.values()] == [0, int(size <= 4), int(size > 4)]
 
 
+def _recording_cost() -> tuple[BatchCost, list[tuple[int, int]]]:
+    """A cost of buckets 1, 2, 4, and the (cap, limit) pairs it hands on at each refit."""
+    seen: list[tuple[int, int]] = []
+    return BatchCost((1, 2, 4), deadline_s=15, on_cap=lambda cap, limit: seen.append((cap, limit))), seen
+
+
 def _serve_until_refit(cost: BatchCost, size: int, seconds: float) -> None:
     """Samples of one size, up to and including the next refit."""
     for _ in range(_REFIT_EVERY):
@@ -82,8 +88,7 @@ def _serve_until_refit(cost: BatchCost, size: int, seconds: float) -> None:
 def test_a_cap_below_the_largest_bucket_probes_the_next_one_and_learns_it_pays() -> None:
     """A warm-up that timed size 4 at 0.2 s (its real cost: 0.016 s) caps the model at 2; the
     probe lets one refit period's batches reach 4, and their timing replaces the warm-up's."""
-    seen: list[tuple[int, int]] = []
-    cost = BatchCost((1, 2, 4), deadline_s=15, on_cap=lambda cap, limit: seen.append((cap, limit)))
+    cost, seen = _recording_cost()
     for size, seconds in ((1, 0.01), (2, 0.012), (4, 0.2)):
         cost.add(size, seconds, refit=False)
     assert cost.refit() == 2
@@ -97,8 +102,7 @@ def test_a_cap_below_the_largest_bucket_probes_the_next_one_and_learns_it_pays()
 
 
 def test_a_probe_of_a_size_that_costs_more_ends_at_the_next_refit() -> None:
-    seen: list[tuple[int, int]] = []
-    cost = BatchCost((1, 2, 4), deadline_s=15, on_cap=lambda cap, limit: seen.append((cap, limit)))
+    cost, seen = _recording_cost()
     for size, seconds in ((1, 0.01), (2, 0.012), (4, 0.2)):
         cost.add(size, seconds, refit=False)
     cost.refit()
@@ -112,8 +116,7 @@ def test_a_probe_of_a_size_that_costs_more_ends_at_the_next_refit() -> None:
 
 
 def test_a_model_at_its_largest_bucket_never_probes() -> None:
-    seen: list[tuple[int, int]] = []
-    cost = BatchCost((1, 2, 4), deadline_s=15, on_cap=lambda cap, limit: seen.append((cap, limit)))
+    cost, seen = _recording_cost()
     for _ in range(3 * _PROBE_EVERY):
         _serve_until_refit(cost, 4, 0.01)
     assert set(seen) == {(4, 4)}
