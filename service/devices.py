@@ -12,7 +12,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -67,6 +66,14 @@ class CoreShare:
     more requests a second, with a third of the p99, once loaded replicas stopped going wide.
     A batch given more than one thread runs on the ``wide_lane`` thread, one batch given one
     on its replica's own thread: see ``wide_lane`` for why.
+
+    Threads are counted across every model of the process: a batch takes at most the cores
+    no other batch holds, and while batches on several threads hold them all, a new one waits
+    for a core to come free. Started anyway, it would put a third thread on two cores, and a
+    forward on several threads meets at a barrier hundreds of times, each time waiting for its
+    slowest thread: at 8 clients the demo U-Net's batches that overlapped a wide one took
+    0.1-1 s against 25 ms, and held its p99 at 400 ms. One-thread batches of several models
+    may still outnumber the cores: with no barrier, that only shares them.
     """
 
     def __init__(self, cores: int, replicas: int) -> None:
@@ -75,36 +82,46 @@ class CoreShare:
         self._running = 0
 
     @contextmanager
-    def claim(self, work_waiting: bool = False) -> Iterator[Claim]:
+    def claim(self, work_waiting: bool = False) -> Iterator[int]:
         """The torch threads to use for one batch, held until it ends. ``work_waiting``: the
         queue still holds images after this batch was taken."""
-        with _CLAIMS_LOCK:
+        with _HELD.changed:
+            # bounded: a forward that hangs on several threads must not stop every other batch
+            _HELD.changed.wait_for(lambda: _HELD.wide == 0 or _HELD.threads < self.cores, _WIDE_WAIT_S)
             self._running += 1
             together = min(self.replicas, self._running + 1) if work_waiting else self._running
-            claim = Claim(max(1, self.cores // together), shared=bool(_CLAIMS_HELD))
-            for other in _CLAIMS_HELD:
-                other.shared = True
-            _CLAIMS_HELD.add(claim)
+            threads = max(1, min(self.cores // together, self.cores - _HELD.threads))
+            _HELD.take(threads)
         try:
-            yield claim
+            yield threads
         finally:
-            with _CLAIMS_LOCK:
+            with _HELD.changed:
                 self._running -= 1
-                _CLAIMS_HELD.discard(claim)
+                _HELD.give_back(threads)
 
 
-@dataclass(eq=False)
-class Claim:
-    """One batch's share: its threads, and whether another shared-core batch (of any model)
-    ran beside it at any moment: its wall time then says little of what its threads cost."""
+class _HeldThreads:
+    """The torch threads that CPU batches of every model hold now, and how many of those
+    batches run on several threads."""
 
-    threads: int
-    shared: bool = False
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.threads = 0
+        self.wide = 0
+
+    def take(self, threads: int) -> None:
+        self.threads += threads
+        self.wide += int(threads > 1)
+
+    def give_back(self, threads: int) -> None:
+        self.threads -= threads
+        self.wide -= int(threads > 1)
+        self.changed.notify_all()
 
 
-# Every CPU batch that holds a share now, of every model: one batch's neighbours on the cores.
-_CLAIMS_HELD: set[Claim] = set()
-_CLAIMS_LOCK = threading.Lock()
+_HELD = _HeldThreads()
+# Far above any wide batch measured here (resnet18's batch of 8 on two cores: 0.2-0.4 s).
+_WIDE_WAIT_S = 2.0
 
 
 @functools.cache

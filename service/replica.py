@@ -23,7 +23,7 @@ import torch
 from service.batch_cap import BatchCost, bucket_for, bucket_sizes
 from service.batching import Batch, DynamicBatcher
 from service.config import ModelSpec
-from service.devices import Claim, CoreShare, wide_lane
+from service.devices import CoreShare, wide_lane
 from service.errors import InferenceFailed, NonFiniteOutput, NotReady, ServeError
 from service.fold import fold_batchnorm
 from service.metrics import ModelMetrics
@@ -126,12 +126,11 @@ def _use_threads(threads: int) -> None:
 @dataclass(frozen=True, slots=True)
 class MeasuredBatch:
     """A batch's outputs (one per job), the CPU threads it ran on (1 on a GPU) and its cost in
-    core-seconds (see ``Replica.run_measured`` and ``BatchCost``), None when its wall time
-    cannot tell: on several threads, beside another shared-core CPU batch of any model."""
+    core-seconds (see ``Replica.run_measured`` and ``BatchCost``)."""
 
     outputs: list[Any]
     threads: int
-    core_seconds: float | None
+    core_seconds: float
 
 
 class ForwardRaised(Exception):
@@ -200,7 +199,7 @@ class Replica:
             self.batches_served += 1
             size = len(measured.outputs)
             metrics.observe_batch(self.device_key, size, started - batch.oldest_enqueued_at, compute_s)
-            if cost is not None and measured.core_seconds is not None:
+            if cost is not None:
                 cost.add(batch.tag.device_models[self.slot].padded_size(size), measured.core_seconds)
 
     def run(
@@ -221,9 +220,8 @@ class Replica:
         than sizes timed at one client, and the demo U-Net's cap sank from 4 to 2 in a server
         of three models (262 against 345 requests a second at 32 clients). A batch on several
         threads costs its wall time times its threads (their CPU time is not this thread's to
-        read), and is no sample at all when another shared-core batch of any model ran beside
-        it (it went wide while nothing waited, then shared the cores: at 8 clients such batches
-        of 4 cost twice what they did alone). One on a GPU costs its wall time.
+        read; nothing starts beside it that would crowd its cores, see ``CoreShare``). One on
+        a GPU costs its wall time.
 
         A ``BaseException`` that is not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``,
         ``GeneratorExit``, a ``CancelledError`` or a custom one from the model) is turned into
@@ -232,36 +230,35 @@ class Replica:
         """
         wall, cpu = time.monotonic(), time.thread_time()
         try:
-            outputs, claim = self._run(version.device_models[self.slot], jobs, task, work_waiting)
+            outputs, threads = self._run(version.device_models[self.slot], jobs, task, work_waiting)
         except Exception:
             raise
         except BaseException as exc:  # the model's, not this thread's: nothing cancels it
             raise ForwardRaised(f"{type(exc).__name__}: {exc}") from exc
-        if self.device.type == "cpu" and claim.threads == 1:
+        if self.device.type == "cpu" and threads == 1:
             return MeasuredBatch(outputs, 1, time.thread_time() - cpu)
-        seconds = (time.monotonic() - wall) * claim.threads
-        return MeasuredBatch(outputs, claim.threads, None if claim.shared else seconds)
+        return MeasuredBatch(outputs, threads, (time.monotonic() - wall) * threads)
 
     def _run(
         self, model: DeviceModel, jobs: Sequence[Job], task: Task, work_waiting: bool
-    ) -> tuple[list[Any], Claim]:
-        """The batch's outputs, and the share of the CPU it ran on (one thread on a GPU)."""
+    ) -> tuple[list[Any], int]:
+        """The batch's outputs, and the CPU threads it ran on (one on a GPU)."""
         with torch.inference_mode():
             if self._stream is not None:
                 with torch.cuda.stream(self._stream):
                     outputs = self._run_splitting(model, jobs, task)
                 self._stream.synchronize()
-                return outputs, Claim(1)
+                return outputs, 1
             if isinstance(self._threads, CoreShare):
-                with self._threads.claim(work_waiting) as claim:
-                    if claim.threads > 1:  # on the process's one multi-thread lane (``wide_lane``)
-                        wide = wide_lane().submit(self._run_wide, claim.threads, model, jobs, task)
-                        return wide.result(), claim
+                with self._threads.claim(work_waiting) as threads:
+                    if threads > 1:  # on the process's one multi-thread lane (``wide_lane``)
+                        wide = wide_lane().submit(self._run_wide, threads, model, jobs, task)
+                        return wide.result(), threads
                     _use_threads(1)
-                    return self._run_splitting(model, jobs, task), claim
+                    return self._run_splitting(model, jobs, task), 1
             threads = self._threads or 1
             _use_threads(threads)
-            return self._run_splitting(model, jobs, task), Claim(threads)
+            return self._run_splitting(model, jobs, task), threads
 
     def _run_wide(self, threads: int, model: DeviceModel, jobs: Sequence[Job], task: Task) -> list[Any]:
         with torch.inference_mode():  # per thread: this is not the replica's

@@ -50,8 +50,7 @@ async def warm_up(served: ServedModel, version: ModelVersion) -> list[Any]:
             *(_timed(replica, version, served, jobs[:size]) for replica in served.replicas)
         )
         for batch in measured:
-            if batch.core_seconds is not None:
-                served.cost.add(size, batch.core_seconds, refit=False)
+            served.cost.add(size, batch.core_seconds, refit=False)
     served.cost.refit()
     return results
 
