@@ -14,17 +14,16 @@ mean could flip the choice. Its one blind spot, steps in the cost (a GPU that ch
 32), is what the power-of-two buckets cover: compiled models run at bucket sizes only.
 
 A sample's cost is core-seconds: on one CPU thread, the CPU time of that thread; on several,
-the batch's seconds times its threads (no batch starts beside it that would crowd its cores,
-see ``devices.CoreShare``); on a GPU, its seconds (``Replica.run_measured``). Warm-up times
-every size on one core of a shared CPU, as a loaded server runs it. In wall seconds the sizes
-timed alone (every size at warm-up, size 1 at one client) looked cheaper per image than the
-same sizes under load, where a replica's thread also waits for a core, and warm-ups of other
-models beside it made some sizes look dearer: the U-Net's cap swung between 1 and 4 while
-serving, and sank to 1 or 2 in a server of three models (150-260 requests a second at 32
-clients, against 300-345 at 4). In core-seconds a size costs the same whichever share of the
-cores it ran on, up to how well the forward scales across threads. The deadline check reads
-core-seconds too: under load a batch's wall time can exceed them, which a deadline of seconds
-leaves room for.
+the batch's seconds times its threads (``devices.CoreShare`` keeps other batches off its
+cores); on a GPU, its seconds (``Replica.run_measured``). Warm-up times every size on one core
+of a shared CPU, as a loaded server runs it. In wall seconds the sizes timed alone (every size
+at warm-up, size 1 at one client) looked cheaper per image than the same sizes under load,
+where a replica's thread also waits for a core, and warm-ups of other models beside it made
+some sizes look dearer: the U-Net's cap swung between 1 and 4 while serving, and sank to 1 or
+2 in a server of three models (150-260 requests a second at 32 clients, against 300-345 at 4).
+In core-seconds a size costs the same whichever share of the cores it ran on, up to how well
+the forward scales across threads. The deadline check reads core-seconds too: under load a
+batch's wall time can exceed them, which a deadline of seconds leaves room for.
 
 The samples are kept in a window per bucket (a batch counts toward the smallest bucket that
 holds it), and the fit is over each bucket's mean (size, seconds): the sizes traffic rarely

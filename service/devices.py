@@ -67,13 +67,15 @@ class CoreShare:
     A batch given more than one thread runs on the ``wide_lane`` thread, one batch given one
     on its replica's own thread: see ``wide_lane`` for why.
 
-    Threads are counted across every model of the process: a batch takes at most the cores
-    no other batch holds, and while batches on several threads hold them all, a new one waits
-    for a core to come free. Started anyway, it would put a third thread on two cores, and a
-    forward on several threads meets at a barrier hundreds of times, each time waiting for its
-    slowest thread: at 8 clients the demo U-Net's batches that overlapped a wide one took
-    0.1-1 s against 25 ms, and held its p99 at 400 ms. One-thread batches of several models
-    may still outnumber the cores: with no barrier, that only shares them.
+    Threads are counted across every model of the process (``holding`` counts a model's fixed
+    ``torch_threads`` too): a batch takes at most the cores no other batch holds, one thread
+    while a wide batch runs, and while a wide batch and others hold every core, it waits for a
+    core to come free (at most ``_WIDE_WAIT_S``).
+    Started anyway, it would put a third thread on two cores, and a forward on several
+    threads meets at a barrier hundreds of times, each time waiting for its slowest thread:
+    at 8 clients the demo U-Net's batches that overlapped a wide one took 0.1-1 s against 25
+    ms, and held its p99 at 400 ms. One-thread batches of several models may still outnumber
+    the cores: with no barrier, that only shares them.
     """
 
     def __init__(self, cores: int, replicas: int) -> None:
@@ -87,35 +89,52 @@ class CoreShare:
         queue still holds images after this batch was taken."""
         with _HELD.changed:
             # bounded: a forward that hangs on several threads must not stop every other batch
-            _HELD.changed.wait_for(lambda: _HELD.wide == 0 or _HELD.threads < self.cores, _WIDE_WAIT_S)
+            _HELD.changed.wait_for(lambda: not _HELD.wide or _HELD.threads < self.cores, _WIDE_WAIT_S)
             self._running += 1
             together = min(self.replicas, self._running + 1) if work_waiting else self._running
             threads = max(1, min(self.cores // together, self.cores - _HELD.threads))
-            _HELD.take(threads)
+            if _HELD.wide:  # the one wide lane is taken: a second wide batch would queue behind it
+                threads = 1
+            _HELD.take(threads, wide=threads > 1)
         try:
             yield threads
         finally:
             with _HELD.changed:
                 self._running -= 1
-                _HELD.give_back(threads)
+                _HELD.give_back(threads, wide=threads > 1)
+
+
+@contextmanager
+def holding(threads: int) -> Iterator[None]:
+    """Counts a batch on a fixed number of threads (a model's ``torch_threads``) among the
+    held ones, so that ``CoreShare`` batches beside it take only the cores it leaves free.
+    Nothing waits for it, and it waits for nothing: its threads are the config's to choose,
+    and it may run for long (a compile at reload)."""
+    with _HELD.changed:
+        _HELD.take(threads, wide=False)
+    try:
+        yield
+    finally:
+        with _HELD.changed:
+            _HELD.give_back(threads, wide=False)
 
 
 class _HeldThreads:
-    """The torch threads that CPU batches of every model hold now, and how many of those
-    batches run on several threads."""
+    """The torch threads that CPU batches of every model hold now, and whether a ``CoreShare``
+    batch on several threads (on the ``wide_lane``) is among them."""
 
     def __init__(self) -> None:
         self.changed = threading.Condition()
         self.threads = 0
-        self.wide = 0
+        self.wide = False
 
-    def take(self, threads: int) -> None:
+    def take(self, threads: int, wide: bool) -> None:
         self.threads += threads
-        self.wide += int(threads > 1)
+        self.wide = self.wide or wide
 
-    def give_back(self, threads: int) -> None:
+    def give_back(self, threads: int, wide: bool) -> None:
         self.threads -= threads
-        self.wide -= int(threads > 1)
+        self.wide = self.wide and not wide
         self.changed.notify_all()
 
 

@@ -23,7 +23,7 @@ import torch
 from service.batch_cap import BatchCost, bucket_for, bucket_sizes
 from service.batching import Batch, DynamicBatcher
 from service.config import ModelSpec
-from service.devices import CoreShare, wide_lane
+from service.devices import CoreShare, holding, wide_lane
 from service.errors import InferenceFailed, NonFiniteOutput, NotReady, ServeError
 from service.fold import fold_batchnorm
 from service.metrics import ModelMetrics
@@ -220,50 +220,62 @@ class Replica:
         than sizes timed at one client, and the demo U-Net's cap sank from 4 to 2 in a server
         of three models (262 against 345 requests a second at 32 clients). A batch on several
         threads costs its wall time times its threads (their CPU time is not this thread's to
-        read; nothing starts beside it that would crowd its cores, see ``CoreShare``). One on
-        a GPU costs its wall time.
+        read; ``CoreShare`` keeps other batches off its cores, save a fixed ``torch_threads``
+        model's or after a bounded wait). One on a GPU costs its wall time. A batch is timed
+        once it has its threads: waiting for a core costs nothing.
 
         A ``BaseException`` that is not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``,
         ``GeneratorExit``, a ``CancelledError`` or a custom one from the model) is turned into
         ``ForwardRaised`` here, on the thread: raised into the event loop it would end the
         process or the replica's task instead of one batch.
         """
-        wall, cpu = time.monotonic(), time.thread_time()
         try:
-            outputs, threads = self._run(version.device_models[self.slot], jobs, task, work_waiting)
+            outputs, threads, cost = self._run(version.device_models[self.slot], jobs, task, work_waiting)
         except Exception:
             raise
         except BaseException as exc:  # the model's, not this thread's: nothing cancels it
             raise ForwardRaised(f"{type(exc).__name__}: {exc}") from exc
-        if self.device.type == "cpu" and threads == 1:
-            return MeasuredBatch(outputs, 1, time.thread_time() - cpu)
-        return MeasuredBatch(outputs, threads, (time.monotonic() - wall) * threads)
+        return MeasuredBatch(outputs, threads, cost)
 
     def _run(
         self, model: DeviceModel, jobs: Sequence[Job], task: Task, work_waiting: bool
-    ) -> tuple[list[Any], int]:
-        """The batch's outputs, and the CPU threads it ran on (one on a GPU)."""
+    ) -> tuple[list[Any], int, float]:
+        """The batch's outputs, the CPU threads it ran on (one on a GPU) and its core-seconds,
+        timed once it has its threads: a wait for cores is no cost of the batch."""
         with torch.inference_mode():
             if self._stream is not None:
+                wall = time.monotonic()
                 with torch.cuda.stream(self._stream):
                     outputs = self._run_splitting(model, jobs, task)
                 self._stream.synchronize()
-                return outputs, 1
+                return outputs, 1, time.monotonic() - wall
             if isinstance(self._threads, CoreShare):
                 with self._threads.claim(work_waiting) as threads:
                     if threads > 1:  # on the process's one multi-thread lane (``wide_lane``)
                         wide = wide_lane().submit(self._run_wide, threads, model, jobs, task)
-                        return wide.result(), threads
-                    _use_threads(1)
-                    return self._run_splitting(model, jobs, task), 1
+                        return wide.result()
+                    return self._run_cpu(1, model, jobs, task)
             threads = self._threads or 1
-            _use_threads(threads)
-            return self._run_splitting(model, jobs, task), threads
+            with holding(threads):
+                return self._run_cpu(threads, model, jobs, task)
 
-    def _run_wide(self, threads: int, model: DeviceModel, jobs: Sequence[Job], task: Task) -> list[Any]:
+    def _run_wide(
+        self, threads: int, model: DeviceModel, jobs: Sequence[Job], task: Task
+    ) -> tuple[list[Any], int, float]:
         with torch.inference_mode():  # per thread: this is not the replica's
-            _use_threads(threads)
-            return self._run_splitting(model, jobs, task)
+            return self._run_cpu(threads, model, jobs, task)
+
+    def _run_cpu(
+        self, threads: int, model: DeviceModel, jobs: Sequence[Job], task: Task
+    ) -> tuple[list[Any], int, float]:
+        """The batch on ``threads`` CPU threads of this thread: one thread costs its CPU time,
+        several their wall time each."""
+        _use_threads(threads)
+        wall, cpu = time.monotonic(), time.thread_time()
+        outputs = self._run_splitting(model, jobs, task)
+        if threads == 1:
+            return outputs, 1, time.thread_time() - cpu
+        return outputs, threads, (time.monotonic() - wall) * threads
 
     def _run_splitting(self, model: DeviceModel, jobs: Sequence[Job], task: Task) -> list[Any]:
         """Runs the batch; on CUDA out-of-memory, halves it and runs the halves in turn."""

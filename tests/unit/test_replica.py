@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,13 @@ def test_non_finite_logits_fail_the_batch_with_a_clear_error() -> None:
         replica.close()
 
 
+@pytest.fixture(autouse=True)
+def _no_threads_left_held() -> Iterator[None]:
+    """Threads are counted process-wide: a test that left some held would skew the next."""
+    yield
+    assert (devices._HELD.threads, devices._HELD.wide) == (0, False)
+
+
 def test_core_share_gives_all_cores_alone_and_splits_them_together() -> None:
     share = CoreShare(2, replicas=2)
     with share.claim() as alone:
@@ -130,9 +138,11 @@ def test_core_share_counts_the_replica_that_queued_work_will_start() -> None:
     share = CoreShare(4, replicas=2)
     with share.claim(work_waiting=True) as first:
         assert first == 2
-        # both replicas busy: no third to count; two cores are free, so it does not wait
+        # two cores are free, so it does not wait; the one wide lane is taken: one thread
+        asked = time.monotonic()
         with share.claim(work_waiting=True) as second:
-            assert second == 2
+            assert second == 1
+        assert time.monotonic() - asked < 1.0
     with CoreShare(4, replicas=1).claim(work_waiting=True) as only:  # nobody else will start
         assert only == 4
 
@@ -157,7 +167,7 @@ def test_a_batch_waits_while_wide_batches_hold_every_core() -> None:
         assert wide == 2
         waiting = _claim_in_thread(share, got)
         time.sleep(0.2)
-        assert got == []  # still waiting for a core
+        assert waiting.is_alive() and got == []  # still waiting for a core
         ended = time.monotonic()
     waiting.join(timeout=5)
     assert len(got) == 1
@@ -172,9 +182,11 @@ def test_a_batch_waits_for_a_wide_one_only_so_long(monkeypatch: pytest.MonkeyPat
     got: list[tuple[int, float]] = []
     with share.claim() as wide:
         assert wide == 2
+        asked = time.monotonic()
         waiting = _claim_in_thread(share, got)
         waiting.join(timeout=5)
         assert [threads for threads, _ in got] == [1]  # one thread beside the hung batch
+        assert got[0][1] - asked >= 0.09  # after waiting its while
     with share.claim() as after:
         assert after == 2  # nothing was left held
 
@@ -241,8 +253,10 @@ class _Waiting(torch.nn.Module):
         super().__init__()
         self.seconds, self.busy = seconds, busy
         self.head = torch.nn.Linear(1, 3)
+        self.started = threading.Event()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.started.set()
         if self.busy:
             keep_busy(self.seconds)
         else:
@@ -268,6 +282,48 @@ def test_a_batch_on_one_core_costs_its_cpu_time_and_a_wide_one_its_wall_time_per
         assert 0.05 <= one_core.core_seconds < 0.05 + 0.04
     else:
         assert one_core.core_seconds < 0.02
+
+
+def test_a_wait_for_cores_is_no_cost_of_the_batch() -> None:
+    """Timed from its start, a batch that waited out a wide one would look dearer than it is."""
+    share = CoreShare(2, replicas=2)
+    replica = Replica(0, "m", torch.device("cpu"), input_shape=(8, 8, 1), max_batch_size=8, threads=share)
+    waiting = _Waiting(0.05, busy=False)
+    model = DeviceModel(waiting.eval(), SPEC, torch.device("cpu"))
+    version = ModelVersion("v", Path("unused.pt"), 0.0, 0.0, (model,))
+    try:
+        with share.claim() as wide:  # another replica's batch on both cores
+            assert wide == 2
+            waited = replica.submit(version, _jobs(2), TASK)
+            time.sleep(0.3)
+            assert not waiting.started.is_set()
+        measured = waited.result()
+    finally:
+        replica.close()
+    assert measured.threads == 2  # alone once the other ended
+    assert 2 * 0.05 <= measured.core_seconds < 0.3  # the 0.3 s wait would make it 0.7
+
+
+@pytest.mark.parametrize("fixed", [1, 2])
+def test_a_fixed_thread_batch_leaves_shared_batches_only_the_cores_it_does_not_use(fixed: int) -> None:
+    """A model with ``torch_threads`` beside a sharing one: no more threads than cores where
+    it leaves one free, and never a wait (a fixed batch may run for long: a compile)."""
+    replica = Replica(0, "fixed", torch.device("cpu"), input_shape=(8, 8, 1), max_batch_size=8, threads=fixed)
+    waiting = _Waiting(0.5, busy=False)
+    model = DeviceModel(waiting.eval(), SPEC, torch.device("cpu"))
+    version = ModelVersion("v", Path("unused.pt"), 0.0, 0.0, (model,))
+    try:
+        running = replica.submit(version, _jobs(1), TASK)
+        assert waiting.started.wait(timeout=5)
+        asked = time.monotonic()
+        with CoreShare(2, replicas=1).claim() as beside:
+            assert beside == 1  # alone it would take both cores
+        assert time.monotonic() - asked < 0.3
+        running.result()
+    finally:
+        replica.close()
+    with CoreShare(2, replicas=1).claim() as after:
+        assert after == 2
 
 
 def test_a_version_loads_on_one_torch_thread(tmp_path: Path) -> None:
