@@ -70,12 +70,11 @@ class CoreShare:
     Threads are counted across every model of the process (``holding`` counts a model's fixed
     ``torch_threads`` too): a batch takes at most the cores no other batch holds, one thread
     while a wide batch runs, and while a wide batch and others hold every core, it waits for a
-    core to come free (at most ``_WIDE_WAIT_S``).
-    Started anyway, it would put a third thread on two cores, and a forward on several
-    threads meets at a barrier hundreds of times, each time waiting for its slowest thread:
-    at 8 clients the demo U-Net's batches that overlapped a wide one took 0.1-1 s against 25
-    ms, and held its p99 at 400 ms. One-thread batches of several models may still outnumber
-    the cores: with no barrier, that only shares them.
+    core to come free (at most ``_WIDE_WAIT_S``). Started anyway, it would put a third thread
+    on two cores, and a forward on several threads meets at a barrier hundreds of times, each
+    time waiting for its slowest thread: at 8 clients the demo U-Net's batches that overlapped
+    a wide one took 0.1-1 s against 25 ms, and held its p99 at 400 ms. One-thread batches of
+    several models may still outnumber the cores: with no barrier, that only shares them.
     """
 
     def __init__(self, cores: int, replicas: int) -> None:
@@ -110,32 +109,33 @@ def holding(threads: int) -> Iterator[None]:
     held ones, so that ``CoreShare`` batches beside it take only the cores it leaves free.
     Nothing waits for it, and it waits for nothing: its threads are the config's to choose,
     and it may run for long (a compile at reload)."""
-    with _HELD.changed:
-        _HELD.take(threads, wide=False)
+    _HELD.take(threads, wide=False)
     try:
         yield
     finally:
-        with _HELD.changed:
-            _HELD.give_back(threads, wide=False)
+        _HELD.give_back(threads, wide=False)
 
 
 class _HeldThreads:
     """The torch threads that CPU batches of every model hold now, and whether a ``CoreShare``
-    batch on several threads (on the ``wide_lane``) is among them."""
+    batch on several threads (on the ``wide_lane``) is among them. ``changed`` is re-entrant:
+    ``CoreShare.claim`` holds it from its wait to its ``take``."""
 
     def __init__(self) -> None:
-        self.changed = threading.Condition()
+        self.changed = threading.Condition(threading.RLock())
         self.threads = 0
         self.wide = False
 
     def take(self, threads: int, wide: bool) -> None:
-        self.threads += threads
-        self.wide = self.wide or wide
+        with self.changed:
+            self.threads += threads
+            self.wide = self.wide or wide
 
     def give_back(self, threads: int, wide: bool) -> None:
-        self.threads -= threads
-        self.wide = self.wide and not wide
-        self.changed.notify_all()
+        with self.changed:
+            self.threads -= threads
+            self.wide = self.wide and not wide
+            self.changed.notify_all()
 
 
 _HELD = _HeldThreads()
