@@ -42,9 +42,9 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from models.demo import CHECKPOINT_DIR, DIGITS, SAMPLES_DIR, SHAPES, DemoModel
 from service.config import ServeConfig, load_config
-from service.decode import decode_image
-from service.devices import available_cores
-from service.postprocess import Classification, Job, Segmentation, task_for
+from service.images.decode import decode_image
+from service.pipeline.devices import available_cores
+from service.pipeline.tasks import Classification, Job, Segmentation, task_for
 
 try:
     from load_tests.grpc_load import INSTALL_HINT as H2LOAD_HINT

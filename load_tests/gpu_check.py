@@ -37,9 +37,9 @@ if str(ROOT) not in sys.path:  # run as `python load_tests/gpu_check.py`
 from load_tests.benchmark import write_image  # noqa: E402
 from load_tests.server_process import ServerProcess  # noqa: E402
 from models.demo import SHAPES  # noqa: E402
-from service.architecture import build_model  # noqa: E402
+from service.checkpoints.architecture import build_model  # noqa: E402
 from service.config import load_config  # noqa: E402
-from service.replica import DeviceModel  # noqa: E402
+from service.pipeline.replica import DeviceModel  # noqa: E402
 
 READY_TIMEOUT_S = 300  # every variant warms (and compiles) before readiness
 CLIENTS = (1, 32)

@@ -20,14 +20,14 @@ import torch
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 
-from service.architecture import build_model
-from service.checkpoint import load_weights
+from service.checkpoints.architecture import build_model
+from service.checkpoints.loading import load_weights
 from service.config import ModelSpec, ServeConfig, load_config
-from service.decode import decode_image
-from service.devices import available_cores
-from service.postprocess import Job, Wants, task_for
-from service.render import classification_body, segmentation_body
-from service.replica import DeviceModel
+from service.doors.render import classification_body, segmentation_body
+from service.images.decode import decode_image
+from service.pipeline.devices import available_cores
+from service.pipeline.replica import DeviceModel
+from service.pipeline.tasks import Job, Wants, task_for
 
 CPU = torch.device("cpu")
 

@@ -115,7 +115,7 @@ def write_config(folder: Path) -> Path:
     from safetensors.torch import load_file, save_file
 
     from models.demo import DIGITS
-    from service.architecture import build_model
+    from service.checkpoints.architecture import build_model
     from service.demo import demo_config
 
     demo = demo_config()

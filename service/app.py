@@ -23,18 +23,18 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from service import __version__
-from service.access import Access, RequestIds
 from service.config import ServeConfig
-from service.devices import available_cores
+from service.doors.predict import predict, router
+from service.doors.render import error_response
+from service.doors.ui import install_ui
+from service.doors.v2.rest import infer_route, infer_target
+from service.doors.v2.rest import router as v2_router
 from service.errors import InvalidParameter, NotFound, ServeError
-from service.metrics import Metrics
-from service.registry import Registry
-from service.render import error_response
-from service.routes import predict, router
-from service.runtime import Runtime
-from service.ui import install_ui
-from service.v2_rest import infer_route, infer_target
-from service.v2_rest import router as v2_router
+from service.lifecycle import Runtime
+from service.ops.access import Access, RequestIds
+from service.ops.metrics import Metrics
+from service.pipeline.devices import available_cores
+from service.pipeline.registry import Registry
 
 log = logging.getLogger(__name__)
 

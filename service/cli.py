@@ -24,11 +24,11 @@ from uvicorn.server import HANDLED_SIGNALS
 from service.allocator import keep_tensor_memory
 from service.app import create_app
 from service.config import ServeConfig, config_path_from_env, load_config
-from service.devices import available_cores
+from service.doors.http_protocol import PROBE_RESERVE, bounded_protocol, connection_cap
 from service.errors import ServeError
-from service.logs import configure_logging
-from service.protocol import PROBE_RESERVE, bounded_protocol, connection_cap
-from service.runtime import Runtime
+from service.lifecycle import Runtime
+from service.ops.logs import configure_logging
+from service.pipeline.devices import available_cores
 
 log = logging.getLogger("service")
 
@@ -255,7 +255,7 @@ def _load(config_path: Path | None) -> ServeConfig:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from service.inspection import inspect_checkpoint
+    from service.checkpoints.inspection import inspect_checkpoint
 
     init_args = _json_object(args.init_args)
     return inspect_checkpoint(

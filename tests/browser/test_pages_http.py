@@ -15,11 +15,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from service import schemas
 from service.app import create_app
 from service.demo import demo_config
-from service.intake import IMAGE_TYPES
-from service.ui import PLAYGROUND_DIR
+from service.doors import schemas
+from service.doors.intake import IMAGE_TYPES
+from service.doors.ui import PLAYGROUND_DIR
 from tests.conftest import ADMIN_TOKEN
 from tests.serving import REPO
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from service.metrics import PREFIX, Metrics
+from service.ops.metrics import PREFIX, Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "monitoring" / "grafana" / "model-serve.json"

@@ -16,9 +16,9 @@ import yaml
 from PIL import Image
 
 from service.app import create_app
-from service.architecture import build_model
+from service.checkpoints.architecture import build_model
 from service.config import ServeConfig, load_config
-from service.runtime import Runtime
+from service.lifecycle import Runtime
 
 ADMIN = {"Authorization": "Bearer test-token"}
 

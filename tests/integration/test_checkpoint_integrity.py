@@ -45,7 +45,7 @@ class Files:
 
 
 def _make_files(base: Path, count: int) -> Files:
-    from service.architecture import build_model
+    from service.checkpoints.architecture import build_model
 
     root = base / "ckpt"
     root.mkdir()

@@ -19,8 +19,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 
+from service.doors.predict import _await_outputs
 from service.errors import ClientGone
-from service.routes import _await_outputs
 from tests.integration.harness import model_entry, png, save_random_weights, write_config
 from tests.integration.loadgen import PNG
 from tests.serving import ServerProcess

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.protocol import PROBE_RESERVE
+from service.doors.http_protocol import PROBE_RESERVE
 from tests.integration.harness import model_entry, png, save_random_weights, write_config
 from tests.integration.loadgen import PNG
 from tests.serving import ServerProcess

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from load_tests.server_process import ServerProcess
-from service import registry as registry_module
-from service.replica import Replica
+from service.pipeline import registry as registry_module
+from service.pipeline.replica import Replica
 from tests.integration.harness import model_entry, png, save_random_weights, serving, write_config
 
 pytestmark = pytest.mark.anyio

@@ -17,7 +17,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from service.runtime import Runtime
+from service.lifecycle import Runtime
 from tests.integration.harness import ADMIN, model_entry, png, save_random_weights, serving, write_config
 from tests.integration.loadgen import PNG, file_version
 

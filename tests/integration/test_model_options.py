@@ -95,7 +95,7 @@ async def test_a_compile_that_fails_stops_the_start_naming_model_and_mode(
     def broken(*args: object, **kwargs: object) -> object:
         raise RuntimeError("simulated compiler failure")
 
-    monkeypatch.setattr("service.replica.torch.compile", lambda module, mode: broken)
+    monkeypatch.setattr("service.pipeline.replica.torch.compile", lambda module, mode: broken)
     arch = "tests.archs:pooled"
     save_random_weights(arch, {}, tmp_path / "m.pt")
     config = write_config(tmp_path, {"m": model_entry(arch, "m.pt", compile="default")})

@@ -21,8 +21,8 @@ import httpx
 import pytest
 import torch
 
-import service.checkpoint
-from service.watcher import watch_checkpoint
+import service.checkpoints.loading
+from service.checkpoints.watcher import watch_checkpoint
 from tests.integration.harness import ADMIN, model_entry, png, save_random_weights, serving, write_config
 from tests.integration.loadgen import PNG, Load, file_version, matches, reference_scores, wait_until
 from tests.serving import ServerProcess
@@ -481,7 +481,7 @@ async def test_a_file_replaced_while_loading_is_never_served_under_the_wrong_ver
     target = ckpts.root / "target.pt"
     target.write_bytes((ckpts.root / "a.pt").read_bytes())
     async with serving(config) as (client, _):
-        read = service.checkpoint.read_whole
+        read = service.checkpoints.loading.read_whole
 
         def read_then_swap(path: Path) -> Any:
             whole = read(path)
@@ -494,7 +494,7 @@ async def test_a_file_replaced_while_loading_is_never_served_under_the_wrong_ver
         assert (
             await client.post("/models/m/reload", json={"checkpoint": "b.pt"}, headers=ADMIN)
         ).status_code == 200
-        monkeypatch.setattr(service.checkpoint, "read_whole", read_then_swap)
+        monkeypatch.setattr(service.checkpoints.loading, "read_whole", read_then_swap)
         answer = await client.post("/models/m/reload", json={"checkpoint": "target.pt"}, headers=ADMIN)
         body = await _predict(client, 4)
     assert answer.status_code == 200, answer.text

@@ -33,8 +33,8 @@ from tritonclient.utils import InferenceServerException
 
 from load_tests.naive_server import NaiveModel, load_model
 from service import __version__
-from service.decode import decode_image
 from service.demo import demo_config
+from service.images.decode import decode_image
 from tests.integration.harness import model_entry, png, save_random_weights, write_config
 from tests.integration.loadgen import PNG, reference_scores, wait_until
 from tests.serving import ServerProcess

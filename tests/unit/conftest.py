@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from service.architecture import build_model
+from service.checkpoints.architecture import build_model
 
 # The test model lives in "user code": a module written to a temporary folder on sys.path,
 # built through the same "module:callable" spec a config would use.

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from torch import nn
 
-from service.architecture import build_model
+from service.checkpoints.architecture import build_model
 from service.errors import ConfigError
 
 USER_SOURCE = """

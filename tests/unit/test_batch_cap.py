@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from service.batch_cap import _PROBE_EVERY, _REFIT_EVERY, BatchCost, best_size, bucket_for, bucket_sizes
+from service.pipeline.batch_cap import (
+    _PROBE_EVERY,
+    _REFIT_EVERY,
+    BatchCost,
+    best_size,
+    bucket_for,
+    bucket_sizes,
+)
 
 
 def test_buckets_are_powers_of_two_then_the_maximum() -> None:

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from service.batching import DynamicBatcher
 from service.errors import InferenceFailed, QueueFull
+from service.pipeline.batching import DynamicBatcher
 
 pytestmark = pytest.mark.anyio
 

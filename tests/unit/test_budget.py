@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from service.budget import Budget
 from service.config import ServerSpec, build_config
 from service.errors import ConfigError, QueueFull, TooLarge
+from service.pipeline.budget import Budget
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import nn
 
-from service.checkpoint import (
+from service.checkpoints.loading import (
     checkpoint_version,
     load_weights,
     match_state_dict,

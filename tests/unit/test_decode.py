@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from service import decode as decode_module
 from service.config import InputSpec
-from service.decode import decode_image, describe, is_tiny, open_image, prepare_image
 from service.errors import BadImage, TooLarge
+from service.images import decode as decode_module
+from service.images.decode import decode_image, describe, is_tiny, open_image, prepare_image
 from tests.reference import preprocess
 from tests.unit import crafted
 

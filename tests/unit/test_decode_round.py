@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from service.decode import Opened, open_image
-from service.decode_round import DecodeRound
 from service.errors import BadImage, ServeError
-from service.postprocess import Job, Wants
+from service.images.decode import Opened, open_image
+from service.pipeline.decode_round import DecodeRound
+from service.pipeline.tasks import Job, Wants
 
 pytestmark = pytest.mark.anyio
 WANTS = Wants(top_k=1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from service.fold import NotTraceable, fold_batchnorm
+from service.pipeline.fold import NotTraceable, fold_batchnorm
 from tests.archs import branching_conv_norm, conv_norm, pooled
 
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import prescan
 from service.config import InputSpec
-from service.decode import decode_image
 from service.errors import BadImage
+from service.images import prescan
+from service.images.decode import decode_image
 from tests.unit import crafted
 
 RGB = InputSpec(size=(8, 12), channels=3)

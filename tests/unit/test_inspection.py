@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from service.inspection import inspect_checkpoint
+from service.checkpoints.inspection import inspect_checkpoint
 
 NetFactory = Callable[..., nn.Module]
 

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from service import access as access_module
-from service.access import Access, note_model
-from service.logs import (
+from service.ops import access as access_module
+from service.ops.access import Access, note_model
+from service.ops.logs import (
     REQUEST_ID,
     AccessLines,
     JsonFormatter,

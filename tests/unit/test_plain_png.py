@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from service import decode as decode_module
 from service.config import InputSpec
-from service.decode import decode_image, open_image
 from service.errors import BadImage
-from service.plain_png import PlainPng, grey_png, plain_png
+from service.images import decode as decode_module
+from service.images.decode import decode_image, open_image
+from service.images.plain_png import PlainPng, grey_png, plain_png
 from tests.unit import crafted
 
 

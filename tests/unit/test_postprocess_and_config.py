@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from service.checkpoint_paths import resolve_checkpoint
+from service.checkpoints.paths import resolve_checkpoint
 from service.config import build_config, load_config
-from service.decode import DecodedImage
 from service.errors import ConfigError, Forbidden, NotFound
-from service.plain_png import grey_png
-from service.postprocess import (
+from service.images.decode import DecodedImage
+from service.images.plain_png import grey_png
+from service.pipeline.tasks import (
     ClassificationTask,
     Job,
     SegmentationTask,

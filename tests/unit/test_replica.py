@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from service import devices
-from service import registry as registry_module
 from service.config import InputSpec, ModelSpec
-from service.decode import decode_image
-from service.devices import CoreShare, cgroup_cpu_quota
 from service.errors import NonFiniteOutput
-from service.postprocess import ClassificationTask, Job, Wants
-from service.replica import DeviceModel, ModelVersion, Replica
+from service.images.decode import decode_image
+from service.pipeline import devices
+from service.pipeline import registry as registry_module
+from service.pipeline.devices import CoreShare, cgroup_cpu_quota
+from service.pipeline.replica import DeviceModel, ModelVersion, Replica
+from service.pipeline.tasks import ClassificationTask, Job, Wants
 from tests.archs import keep_busy
 
 SPEC = ModelSpec(

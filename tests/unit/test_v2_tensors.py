@@ -8,8 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from service.errors import BadRequest
-from service.v2_tensors import (
+from service.doors.v2.tensors import (
     OutputTensor,
     from_contents,
     from_json_data,
@@ -19,6 +18,7 @@ from service.v2_tensors import (
     to_json_data,
     to_raw,
 )
+from service.errors import BadRequest
 
 
 def _bytes_section(*elements: bytes) -> bytes:

@@ -3,7 +3,7 @@
 
 FastAPI's own pages load Swagger UI and ReDoc from a CDN, so they are blank on an offline
 machine; here their assets come from the ``fastapi-offline`` wheel (it vendors Swagger UI 5
-and ReDoc 2) and the playground's from ``service/static``. The playground is plain HTML, CSS
+and ReDoc 2) and the playground's from ``service/doors/static``. The playground is plain HTML, CSS
 and one JS module that use only the public HTTP API.
 """
 

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from service.config import ModelSpec
-from service.decode import DecodedImage
 from service.errors import ConfigError
-from service.plain_png import grey_png
+from service.images.decode import DecodedImage
+from service.images.plain_png import grey_png
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,14 +20,14 @@ from typing import Any
 
 import torch
 
-from service.batch_cap import BatchCost, bucket_for, bucket_sizes
-from service.batching import Batch, DynamicBatcher
 from service.config import ModelSpec
-from service.devices import CoreShare, holding, wide_lane
 from service.errors import InferenceFailed, NonFiniteOutput, NotReady, ServeError
-from service.fold import fold_batchnorm
-from service.metrics import ModelMetrics
-from service.postprocess import Job, Task, select_logits
+from service.ops.metrics import ModelMetrics
+from service.pipeline.batch_cap import BatchCost, bucket_for, bucket_sizes
+from service.pipeline.batching import Batch, DynamicBatcher
+from service.pipeline.devices import CoreShare, holding, wide_lane
+from service.pipeline.fold import fold_batchnorm
+from service.pipeline.tasks import Job, Task, select_logits
 
 log = logging.getLogger(__name__)
 

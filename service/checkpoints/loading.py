@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from service.checkpoint_file import (
+from service.checkpoints.files import (
     WholeFile,
     check_safetensors,
     check_sidecar,

@@ -17,11 +17,11 @@ import torch
 
 from service import __version__
 from service.config import ServerSpec
+from service.doors.v2.tensors import InputTensor, OutputTensor
 from service.errors import BadRequest, TooLarge
-from service.postprocess import Classification, Job, Segmentation, Wants
-from service.replica import ModelVersion
-from service.served import ServedModel
-from service.v2_tensors import InputTensor, OutputTensor
+from service.pipeline.replica import ModelVersion
+from service.pipeline.served import ServedModel
+from service.pipeline.tasks import Classification, Job, Segmentation, Wants
 
 EXTENSIONS = ("binary_tensor_data", "classification")
 IMAGE, TENSOR = "image", "input"

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.batch_cap import bucket_sizes
 from service.config import ModelSpec
 from service.errors import CheckpointError, ConfigError, NonFiniteOutput, ServeError
-from service.postprocess import Job, Wants
-from service.replica import MeasuredBatch, ModelVersion, Replica
-from service.served import ServedModel
+from service.pipeline.batch_cap import bucket_sizes
+from service.pipeline.replica import MeasuredBatch, ModelVersion, Replica
+from service.pipeline.served import ServedModel
+from service.pipeline.tasks import Job, Wants
 
 # Runs per bucket of a compiled model: the compile, then (CUDA graph trees, reduce-overhead)
 # one warm run and one that records the graph.

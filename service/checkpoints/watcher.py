@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from service.checkpoint_file import FileIdentity, file_identity, file_sha256, sidecar_path
+from service.checkpoints.files import FileIdentity, file_identity, file_sha256, sidecar_path
 from service.errors import CheckpointError, ServeError
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from service.architecture import build_model
-from service.checkpoint import (
+from service.checkpoints.architecture import build_model
+from service.checkpoints.loading import (
     RawCheckpoint,
     apply_checkpoint,
     dtype_name,

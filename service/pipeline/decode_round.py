@@ -14,9 +14,9 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service.decode import Opened
 from service.errors import ServeError
-from service.postprocess import Job, Wants
+from service.images.decode import Opened
+from service.pipeline.tasks import Job, Wants
 
 Decoder = Callable[[list[Opened], Wants], list[Job]]
 """A model's decode of one request's opened images into its jobs (``ServedModel._decode``)."""

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from service import prescan
 from service.config import InputSpec
 from service.errors import BadImage, TooLarge
-from service.plain_png import PlainPng, plain_png
+from service.images import prescan
+from service.images.plain_png import PlainPng, plain_png
 
 _MODES = {1: "L", 3: "RGB"}
 # Measured here: a thread hop costs about what decoding a 128x128 image does.

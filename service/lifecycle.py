@@ -11,15 +11,15 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from service.access import note_model
-from service.budget import Budget
 from service.config import ServeConfig
+from service.doors.v2.grpc_service import start_grpc, stop_grpc
 from service.errors import NotReady
-from service.metrics import UNKNOWN_MODEL, Metrics, ModelMetrics
-from service.registry import Registry
-from service.replica import ModelVersion
-from service.served import ServedModel
-from service.v2_grpc import start_grpc, stop_grpc
+from service.ops.access import note_model
+from service.ops.metrics import UNKNOWN_MODEL, Metrics, ModelMetrics
+from service.pipeline.budget import Budget
+from service.pipeline.registry import Registry
+from service.pipeline.replica import ModelVersion
+from service.pipeline.served import ServedModel
 
 log = logging.getLogger(__name__)
 

@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from service.batch_cap import BatchCost
-from service.batching import DynamicBatcher
-from service.budget import Budget
 from service.config import ModelSpec, ServerSpec
-from service.decode import Opened, is_tiny, open_image, prepare_image
-from service.decode_round import DecodeRound
 from service.errors import NotFound, NotReady, PredictionTimeout, ServeError, SlowUpload
-from service.metrics import ModelMetrics
-from service.postprocess import Job, Task, Wants
-from service.replica import ModelVersion, Replica
+from service.images.decode import Opened, is_tiny, open_image, prepare_image
+from service.ops.metrics import ModelMetrics
+from service.pipeline.batch_cap import BatchCost
+from service.pipeline.batching import DynamicBatcher
+from service.pipeline.budget import Budget
+from service.pipeline.decode_round import DecodeRound
+from service.pipeline.replica import ModelVersion, Replica
+from service.pipeline.tasks import Job, Task, Wants
 
 
 @dataclass(eq=False)

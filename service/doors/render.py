@@ -12,7 +12,7 @@ import orjson
 from starlette.responses import Response
 
 from service.errors import ServeError
-from service.postprocess import Classification, Segmentation
+from service.pipeline.tasks import Classification, Segmentation
 
 JSON = "application/json"
 

@@ -15,10 +15,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from service import schemas
-from service.access import note_model
-from service.audit import audit, outcome_of
-from service.checkpoint_paths import resolve_checkpoint
+from service.checkpoints.paths import resolve_checkpoint
+from service.doors import schemas
+from service.doors.http_protocol import CONNECTION_WATCH
+from service.doors.intake import image_blobs, parse_top_k, query_values, read_body
+from service.doors.render import classification_body, error_response, json_response, segmentation_body
 from service.errors import (
     ClientGone,
     InvalidParameter,
@@ -26,12 +27,11 @@ from service.errors import (
     ServeError,
     Unauthorized,
 )
-from service.intake import image_blobs, parse_top_k, query_values, read_body
-from service.postprocess import Wants
-from service.protocol import CONNECTION_WATCH
-from service.render import classification_body, error_response, json_response, segmentation_body
-from service.runtime import Runtime
-from service.served import ServedModel, accounted, deadline
+from service.lifecycle import Runtime
+from service.ops.access import note_model
+from service.ops.audit import audit, outcome_of
+from service.pipeline.served import ServedModel, accounted, deadline
+from service.pipeline.tasks import Wants
 
 router = APIRouter()
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any
 
-from service.logs import REQUEST_ID
+from service.ops.logs import REQUEST_ID
 
 log = logging.getLogger("service.access")
 _CURRENT: ContextVar[Access | None] = ContextVar("access", default=None)

@@ -19,14 +19,14 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from service.access import Access, RequestIds, note_model
+from service.doors.v2.infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
+from service.doors.v2.tensors import InputTensor, from_contents, from_raw, parse_shape, to_raw
 from service.errors import BadRequest, ConfigError, ServeError
-from service.served import ServedModel, accounted, deadline
-from service.v2_infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
-from service.v2_tensors import InputTensor, from_contents, from_raw, parse_shape, to_raw
+from service.ops.access import Access, RequestIds, note_model
+from service.pipeline.served import ServedModel, accounted, deadline
 
 if TYPE_CHECKING:  # the runtime starts this server: a type, not an import cycle
-    from service.runtime import Runtime
+    from service.lifecycle import Runtime
 
 log = logging.getLogger(__name__)
 

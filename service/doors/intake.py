@@ -15,7 +15,6 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from service.budget import Budget
 from service.errors import (
     BadImage,
     ClientGone,
@@ -23,6 +22,7 @@ from service.errors import (
     TooLarge,
     UnsupportedMediaType,
 )
+from service.pipeline.budget import Budget
 
 MAX_TOP_K = 1000
 IMAGE_TYPES = "image/png, image/jpeg, image/webp, image/bmp, image/gif, image/tiff"

@@ -15,14 +15,10 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.access import note_model
-from service.errors import BadRequest, NotFound, NotReady, ServeError
-from service.intake import read_body
-from service.runtime import Runtime
-from service.served import ServedModel, accounted, deadline
-from service.v2_infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
-from service.v2_schemas import V2_INFER_OPENAPI, V2_INFER_RESPONSES
-from service.v2_tensors import (
+from service.doors.intake import read_body
+from service.doors.v2.infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
+from service.doors.v2.schemas import V2_INFER_OPENAPI, V2_INFER_RESPONSES
+from service.doors.v2.tensors import (
     InputTensor,
     OutputTensor,
     from_json_data,
@@ -31,6 +27,10 @@ from service.v2_tensors import (
     to_json_data,
     to_raw,
 )
+from service.errors import BadRequest, NotFound, NotReady, ServeError
+from service.lifecycle import Runtime
+from service.ops.access import note_model
+from service.pipeline.served import ServedModel, accounted, deadline
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
 HEADER_LENGTH = "inference-header-content-length"

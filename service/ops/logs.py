@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import orjson
 
 if TYPE_CHECKING:
-    from service.access import Access
+    from service.ops.access import Access
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
@@ -212,7 +212,7 @@ def configure_logging(log_format: str, level: int = logging.INFO, *, access_log:
     """Root logging for the server process (called by the CLI, never at import), to stderr in
     batches (``LineWriter``); without ``access_log`` the per-request lines of
     ``service.access`` are off (audit lines stay)."""
-    from service import access  # here: access imports REQUEST_ID from this module
+    from service.ops import access  # here: access imports REQUEST_ID from this module
 
     writer = LineWriter(sys.stderr)
     handler = LineHandler(writer)

@@ -18,22 +18,22 @@ from pathlib import Path
 
 import torch
 
-from service.architecture import build_model
-from service.batch_cap import BatchCost, bucket_sizes
-from service.batching import DynamicBatcher
-from service.budget import Budget
-from service.checkpoint import install, read_verified
+from service.checkpoints.architecture import build_model
+from service.checkpoints.loading import install, read_verified
+from service.checkpoints.watcher import watch_checkpoint
 from service.config import ModelSpec, ServeConfig
-from service.decode_round import DecodeRound
-from service.devices import CoreShare, available_cores, resolve_devices
 from service.errors import CheckpointError, ConfigError, InvalidParameter, NotFound, ServeError
-from service.fold import NotTraceable
-from service.metrics import Metrics
-from service.postprocess import Classification, Job, Segmentation, task_for
-from service.replica import DeviceModel, ModelVersion, Replica
-from service.served import ServedModel
-from service.warmup import warm_up
-from service.watcher import watch_checkpoint
+from service.ops.metrics import Metrics
+from service.pipeline.batch_cap import BatchCost, bucket_sizes
+from service.pipeline.batching import DynamicBatcher
+from service.pipeline.budget import Budget
+from service.pipeline.decode_round import DecodeRound
+from service.pipeline.devices import CoreShare, available_cores, resolve_devices
+from service.pipeline.fold import NotTraceable
+from service.pipeline.replica import DeviceModel, ModelVersion, Replica
+from service.pipeline.served import ServedModel
+from service.pipeline.tasks import Classification, Job, Segmentation, task_for
+from service.pipeline.warmup import warm_up
 
 log = logging.getLogger(__name__)
 
