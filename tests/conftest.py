@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving import ServerProcess
+from tests.support.serving import ServerProcess
 
 ADMIN_TOKEN = "test-admin-token"
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.serving import REPO
+from tests.support.serving import REPO
 
 if TYPE_CHECKING:
     from selenium.webdriver import Chrome

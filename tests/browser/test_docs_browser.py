@@ -14,7 +14,8 @@ pytest.importorskip("selenium")
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
 
-from tests.browser.pages import (
+from tests.conftest import ADMIN_TOKEN
+from tests.support.pages import (
     Browser,
     console_errors,
     element,
@@ -22,8 +23,7 @@ from tests.browser.pages import (
     foreign_resources,
     wait_for,
 )
-from tests.conftest import ADMIN_TOKEN
-from tests.serving import ServerProcess
+from tests.support.serving import ServerProcess
 
 PREDICT = "#operations-default-predict_predict_post"
 RELOAD = "#operations-default-reload_model_models__name__reload_post"

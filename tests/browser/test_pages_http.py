@@ -21,7 +21,7 @@ from service.doors import schemas
 from service.doors.intake import IMAGE_TYPES
 from service.doors.ui import PLAYGROUND_DIR
 from tests.conftest import ADMIN_TOKEN
-from tests.serving import REPO
+from tests.support.serving import REPO
 
 _ASSET = re.compile(r"""(?:src|href)=["']([^"']+)["']""")
 _ABSOLUTE_URL = re.compile(r"\b(?:https?:)?//[\w.-]+")
@@ -121,7 +121,7 @@ def test_playground_stays_on_its_server(client: Client) -> None:
 
 def test_the_wheel_ships_every_playground_file() -> None:
     package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    patterns = package_data["service"]
+    patterns = package_data["service.doors"]  # the package that holds the playground
     for path in PLAYGROUND_DIR.rglob("*"):
         relative = path.relative_to(PLAYGROUND_DIR.parent).as_posix()
         assert path.is_dir() or any(fnmatch(relative, pattern) for pattern in patterns), relative

@@ -22,7 +22,7 @@ from selenium.webdriver.support.ui import Select
 
 from models.demo import DIGITS, SHAPES
 from models.demo_training import load_demo_model
-from tests.browser.pages import (
+from tests.support.pages import (
     Browser,
     console_errors,
     element,
@@ -30,8 +30,8 @@ from tests.browser.pages import (
     foreign_resources,
     wait_for,
 )
-from tests.reference import class_probabilities, preprocess
-from tests.serving import ServerProcess
+from tests.support.reference import class_probabilities, preprocess
+from tests.support.serving import ServerProcess
 
 
 def _open_playground(browser: Browser, server: ServerProcess, model: str) -> None:

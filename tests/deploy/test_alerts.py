@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from monitoring.prometheusrule import RULE, render
-from tests.deploy.monitoring import ALERTS, ALERTS_TEST, exported_families, referenced_metrics, series_names
 from tests.deploy.test_k8s import _render
+from tests.support.monitoring import ALERTS, ALERTS_TEST, exported_families, referenced_metrics, series_names
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (Debian: prometheus)")

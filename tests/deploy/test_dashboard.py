@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.monitoring import (
+from tests.support.monitoring import (
     DATASOURCE,
     dashboard,
     exported_families,

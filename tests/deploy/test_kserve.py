@@ -25,8 +25,8 @@ from models.demo import CHECKPOINT_DIR, DIGITS, SAMPLES_DIR
 from models.demo_training import load_demo_model
 from service.config import build_config
 from tests.deploy.test_k8s import KUBERNETES_VERSION, _render
-from tests.reference import preprocess
-from tests.serving import ServerProcess
+from tests.support.reference import preprocess
+from tests.support.serving import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 KSERVE = ROOT / "k8s" / "kserve"

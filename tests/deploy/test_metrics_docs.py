@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.monitoring import DOCS, exported_families, referenced_metrics, series_names
+from tests.support.monitoring import DOCS, exported_families, referenced_metrics, series_names
 
 PROMTOOL = shutil.which("promtool")
 _ROW = re.compile(r"^\| `(model_serve_\w+)` \| (\w+) \|([\w, ]*)\| .+ \|$", re.MULTILINE)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ADMIN_TOKEN
-from tests.serving import ServerProcess
+from tests.support.serving import ServerProcess
 
 
 def _png(width: int, height: int, mode: str = "L") -> bytes:

@@ -20,11 +20,11 @@ import httpx
 import pytest
 import torch
 
-from tests.integration.harness import ADMIN, model_entry, png, write_config
-from tests.integration.loadgen import PNG, Load, matches, reference_scores, wait_until
-from tests.serving import ServerProcess
+from tests.support.harness import ADMIN, model_entry, png, write_config
+from tests.support.loadgen import PNG, Load, matches, reference_scores, wait_until
+from tests.support.serving import ServerProcess
 
-ARCH = "tests.archs:slow_classifier"
+ARCH = "tests.support.archs:slow_classifier"
 ARGS = {"delay_s": 0.0, "in_channels": 1, "num_classes": 64}
 IMAGES = [png(v) for v in (0, 90, 200)] + [png(None, seed=3)]
 WATCH_INTERVAL_S = 0.05

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from models.demo import CHECKPOINT_DIR, DIGITS
-from tests.integration.harness import model_entry, save_random_weights, write_config
-from tests.serving import REPO
+from tests.support.harness import model_entry, save_random_weights, write_config
+from tests.support.serving import REPO
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -66,8 +66,8 @@ def test_inspect_refuses_bad_arguments_and_files(tmp_path: Path) -> None:
 
 
 def test_serve_with_an_unknown_key_exits_naming_it(tmp_path: Path) -> None:
-    save_random_weights("tests.archs:slow_classifier", {"delay_s": 0.0}, tmp_path / "m.pt")
-    entry = model_entry("tests.archs:slow_classifier", "m.pt", batchin={"max_batch_size": 2})
+    save_random_weights("tests.support.archs:slow_classifier", {"delay_s": 0.0}, tmp_path / "m.pt")
+    entry = model_entry("tests.support.archs:slow_classifier", "m.pt", batchin={"max_batch_size": 2})
     result = _cli("serve", "--config", str(write_config(tmp_path, {"m": entry})), "--port", "1")
     assert result.returncode == 2
     assert "models.m.batchin" in result.stderr
@@ -75,8 +75,8 @@ def test_serve_with_an_unknown_key_exits_naming_it(tmp_path: Path) -> None:
 
 def test_serve_exits_when_a_model_cannot_load(tmp_path: Path) -> None:
     (tmp_path / "m.pt").write_bytes(b"truncated")
-    entry = model_entry("tests.archs:slow_classifier", "m.pt")
-    from tests.serving import free_port
+    entry = model_entry("tests.support.archs:slow_classifier", "m.pt")
+    from tests.support.serving import free_port
 
     config = write_config(tmp_path, {"m": entry})
     result = _cli("serve", "--config", str(config), "--port", str(free_port()))

@@ -21,11 +21,11 @@ from starlette.requests import Request
 
 from service.doors.predict import _await_outputs
 from service.errors import ClientGone
-from tests.integration.harness import model_entry, png, save_random_weights, write_config
-from tests.integration.loadgen import PNG
-from tests.serving import ServerProcess
+from tests.support.harness import model_entry, png, save_random_weights, write_config
+from tests.support.loadgen import PNG
+from tests.support.serving import ServerProcess
 
-ARCH = "tests.archs:slow_classifier"
+ARCH = "tests.support.archs:slow_classifier"
 DELAY_S = 0.6
 IMAGE = png(None, seed=3)
 

@@ -14,12 +14,12 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from tests.integration.harness import ADMIN, model_entry, png, save_random_weights, serving, write_config
-from tests.integration.loadgen import matches, reference_scores
-from tests.reference import class_probabilities
+from tests.support.harness import ADMIN, model_entry, png, save_random_weights, serving, write_config
+from tests.support.loadgen import matches, reference_scores
+from tests.support.reference import class_probabilities
 
 pytestmark = pytest.mark.anyio
-ARCH = "tests.archs:pooled"
+ARCH = "tests.support.archs:pooled"
 ARGS = {"in_channels": 1, "num_classes": 3}
 IMAGES = [png(None, size=(20, 20), seed=seed) for seed in range(4)]
 PNG = {"Content-Type": "image/png"}

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.integration.harness import model_entry, png, save_random_weights, serving, write_config
-from tests.reference import class_probabilities, preprocess, segmentation_mask
+from tests.support.harness import model_entry, png, save_random_weights, serving, write_config
+from tests.support.reference import class_probabilities, preprocess, segmentation_mask
 
 pytestmark = pytest.mark.anyio
 PNG = {"Content-Type": "image/png"}
@@ -27,9 +27,9 @@ def anyio_backend() -> str:
 @pytest.mark.parametrize(("output", "index"), [(None, 0), (0, 0)])
 async def test_tuple_output_serves_the_named_logits(tmp_path: Path, output: int | None, index: int) -> None:
     args = {"in_channels": 3, "num_classes": 4}
-    model = save_random_weights("tests.archs:tuple_classifier", args, tmp_path / "t.pt")
+    model = save_random_weights("tests.support.archs:tuple_classifier", args, tmp_path / "t.pt")
     entry = model_entry(
-        "tests.archs:tuple_classifier",
+        "tests.support.archs:tuple_classifier",
         "t.pt",
         init_args=args,
         output=output,
@@ -81,8 +81,8 @@ async def test_torchvision_segmentation_dict_output(tmp_path: Path, output: str 
 
 
 async def test_a_failing_batch_fails_only_its_requests(tmp_path: Path) -> None:
-    save_random_weights("tests.archs:failing_on_bright", {}, tmp_path / "f.pt")
-    entry = model_entry("tests.archs:failing_on_bright", "f.pt", batching={"max_batch_size": 1})
+    save_random_weights("tests.support.archs:failing_on_bright", {}, tmp_path / "f.pt")
+    entry = model_entry("tests.support.archs:failing_on_bright", "f.pt", batching={"max_batch_size": 1})
     async with serving(write_config(tmp_path, {"fragile": entry})) as (client, runtime):
         answers = await asyncio.gather(
             client.post("/predict", content=png(255), headers=PNG),
@@ -98,9 +98,12 @@ async def test_a_failing_batch_fails_only_its_requests(tmp_path: Path) -> None:
 
 
 async def test_deadline_answers_504_and_drops_the_work(tmp_path: Path) -> None:
-    save_random_weights("tests.archs:slow_classifier", {"delay_s": 0.5}, tmp_path / "s.pt")
+    save_random_weights("tests.support.archs:slow_classifier", {"delay_s": 0.5}, tmp_path / "s.pt")
     entry = model_entry(
-        "tests.archs:slow_classifier", "s.pt", init_args={"delay_s": 0.5}, batching={"max_batch_size": 1}
+        "tests.support.archs:slow_classifier",
+        "s.pt",
+        init_args={"delay_s": 0.5},
+        batching={"max_batch_size": 1},
     )
     config = write_config(tmp_path, {"slow": entry}, server={"request_timeout_s": 0.2})
     async with serving(config) as (client, runtime):
@@ -116,9 +119,9 @@ async def test_deadline_answers_504_and_drops_the_work(tmp_path: Path) -> None:
 
 
 async def test_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
-    save_random_weights("tests.archs:slow_classifier", {"delay_s": 0.3}, tmp_path / "s.pt")
+    save_random_weights("tests.support.archs:slow_classifier", {"delay_s": 0.3}, tmp_path / "s.pt")
     entry = model_entry(
-        "tests.archs:slow_classifier",
+        "tests.support.archs:slow_classifier",
         "s.pt",
         init_args={"delay_s": 0.3},
         batching={"max_batch_size": 1, "max_queue_size": 2},
@@ -135,9 +138,9 @@ async def test_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
 
 
 async def test_two_cpu_replicas_both_serve(tmp_path: Path) -> None:
-    save_random_weights("tests.archs:slow_classifier", {"delay_s": 0.02}, tmp_path / "s.pt")
+    save_random_weights("tests.support.archs:slow_classifier", {"delay_s": 0.02}, tmp_path / "s.pt")
     entry = model_entry(
-        "tests.archs:slow_classifier",
+        "tests.support.archs:slow_classifier",
         "s.pt",
         init_args={"delay_s": 0.02},
         devices=["cpu", "cpu"],
@@ -155,10 +158,10 @@ async def test_two_cpu_replicas_both_serve(tmp_path: Path) -> None:
 
 async def test_center_crop_option_changes_only_the_resize(tmp_path: Path) -> None:
     args = {"in_channels": 1, "num_classes": 3}
-    save_random_weights("tests.archs:tuple_classifier", args, tmp_path / "t.pt")
-    stretch = model_entry("tests.archs:tuple_classifier", "t.pt", init_args=args)
+    save_random_weights("tests.support.archs:tuple_classifier", args, tmp_path / "t.pt")
+    stretch = model_entry("tests.support.archs:tuple_classifier", "t.pt", init_args=args)
     crop = model_entry(
-        "tests.archs:tuple_classifier",
+        "tests.support.archs:tuple_classifier",
         "t.pt",
         init_args=args,
         input={"size": [16, 16], "channels": 1, "mean": [0.5], "std": [0.5], "resize": "center_crop"},
@@ -183,9 +186,9 @@ def test_reference_helpers_agree_with_a_plain_forward() -> None:
 async def test_an_image_failing_to_decode_fails_only_its_request(tmp_path: Path) -> None:
     """Large images decode in the worker pool beside other requests: a truncated one fails alone (400)."""
     args = {"in_channels": 1, "num_classes": 3}
-    save_random_weights("tests.archs:tuple_classifier", args, tmp_path / "t.pt")
+    save_random_weights("tests.support.archs:tuple_classifier", args, tmp_path / "t.pt")
     entry = model_entry(
-        "tests.archs:tuple_classifier", "t.pt", init_args=args, batching={"max_batch_size": 8}
+        "tests.support.archs:tuple_classifier", "t.pt", init_args=args, batching={"max_batch_size": 8}
     )
     large = png(None, size=(400, 300), seed=9)
     truncated = large[: len(large) // 2]  # the header is intact: it passes the pixel check

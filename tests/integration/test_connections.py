@@ -20,11 +20,11 @@ import httpx
 import pytest
 
 from service.doors.http_protocol import PROBE_RESERVE
-from tests.integration.harness import model_entry, png, save_random_weights, write_config
-from tests.integration.loadgen import PNG
-from tests.serving import ServerProcess
+from tests.support.harness import model_entry, png, save_random_weights, write_config
+from tests.support.loadgen import PNG
+from tests.support.serving import ServerProcess
 
-ARCH = "tests.archs:slow_classifier"
+ARCH = "tests.support.archs:slow_classifier"
 ARGS = {"delay_s": 0.0}
 GOOD = png(None, seed=1)
 HEADER_TIMEOUT_S = 1.5

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from models.demo import DIGITS, SHAPES, DemoModel
 from models.demo_training import load_demo_model
-from tests.reference import class_probabilities, preprocess, segmentation_mask
-from tests.serving import ServerProcess
+from tests.support.reference import class_probabilities, preprocess, segmentation_mask
+from tests.support.serving import ServerProcess
 
 _LOADED: dict[str, torch.nn.Module] = {}
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.harness import model_entry, png, save_random_weights, serving, write_config
-from tests.integration.loadgen import PNG, arrived_and_in_flight, wait_until
-from tests.serving import ServerProcess
+from tests.support.harness import model_entry, png, save_random_weights, serving, write_config
+from tests.support.loadgen import PNG, arrived_and_in_flight, wait_until
+from tests.support.serving import ServerProcess
 
-ARCH = "tests.archs:slow_classifier"
+ARCH = "tests.support.archs:slow_classifier"
 DELAY_S = 0.3
 GRACE_S = 10.0
 

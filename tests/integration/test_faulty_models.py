@@ -12,7 +12,7 @@ import pytest
 from load_tests.server_process import ServerProcess
 from service.pipeline import registry as registry_module
 from service.pipeline.replica import Replica
-from tests.integration.harness import model_entry, png, save_random_weights, serving, write_config
+from tests.support.harness import model_entry, png, save_random_weights, serving, write_config
 
 pytestmark = pytest.mark.anyio
 PNG = {"Content-Type": "image/png"}
@@ -34,7 +34,8 @@ def _config(tmp_path: Path, architecture: str, **init_args: object) -> Path:
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_base_exception_from_forward_fails_only_its_batch(tmp_path: Path, kind: str) -> None:
-    async with serving(_config(tmp_path, "tests.archs:raising_on_bright", kind=kind)) as (client, runtime):
+    config = _config(tmp_path, "tests.support.archs:raising_on_bright", kind=kind)
+    async with serving(config) as (client, runtime):
         bad, good = await asyncio.gather(
             client.post("/predict", content=WHITE, headers=PNG),
             client.post("/predict", content=GREY, headers=PNG),
@@ -51,7 +52,7 @@ async def test_a_base_exception_from_forward_fails_only_its_batch(tmp_path: Path
 
 
 async def test_non_finite_outputs_are_a_500_with_a_counter_not_a_null_score(tmp_path: Path) -> None:
-    async with serving(_config(tmp_path, "tests.archs:non_finite_on_bright")) as (client, runtime):
+    async with serving(_config(tmp_path, "tests.support.archs:non_finite_on_bright")) as (client, runtime):
         bad = await client.post("/predict", content=WHITE, headers=PNG)
         assert bad.status_code == 500, bad.text
         assert bad.json()["error"]["code"] == "non_finite_output"
@@ -79,7 +80,7 @@ async def test_a_dead_replica_loop_is_restarted_and_readiness_is_honest_meanwhil
         await real_serve(self, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Replica, "serve", serve_then_die_once)
-    config = _config(tmp_path, "tests.archs:failing_on_bright")
+    config = _config(tmp_path, "tests.support.archs:failing_on_bright")
     async with serving(config) as (client, runtime):
         assert (await client.get("/readyz")).status_code == 200
         crash.set()
@@ -99,7 +100,7 @@ async def _until(condition: object, timeout_s: float = 2.0) -> None:
 
 
 def test_system_exit_from_forward_does_not_end_the_process(tmp_path: Path) -> None:
-    config = _config(tmp_path, "tests.archs:raising_on_bright", kind="SystemExit")
+    config = _config(tmp_path, "tests.support.archs:raising_on_bright", kind="SystemExit")
     with ServerProcess(config, tmp_path / "server.log") as server:
         server.wait_ready()
         for kind_body in (WHITE, WHITE):

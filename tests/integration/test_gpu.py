@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.integration.harness import model_entry, png, save_random_weights, serving, write_config
-from tests.reference import class_probabilities, preprocess
+from tests.support.harness import model_entry, png, save_random_weights, serving, write_config
+from tests.support.reference import class_probabilities, preprocess
 
 pytestmark = [
     pytest.mark.gpu,

@@ -19,11 +19,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.integration.harness import model_entry, png, save_random_weights, write_config
-from tests.integration.loadgen import PNG
-from tests.serving import ServerProcess
+from tests.support.harness import model_entry, png, save_random_weights, write_config
+from tests.support.loadgen import PNG
+from tests.support.serving import ServerProcess
 
-ARCH = "tests.archs:slow_classifier"
+ARCH = "tests.support.archs:slow_classifier"
 MAX_BODY = 4 << 20
 MAX_PIXELS = 4_000_000
 GOOD = png(None, seed=1)

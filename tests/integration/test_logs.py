@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from tests.integration.harness import ADMIN, model_entry, png, save_random_weights, write_config
-from tests.serving import REPO, ServerProcess, free_port
+from tests.support.harness import ADMIN, model_entry, png, save_random_weights, write_config
+from tests.support.serving import REPO, ServerProcess, free_port
 
-ARCH = "tests.archs:slow_classifier"
+ARCH = "tests.support.archs:slow_classifier"
 ARGS = {"delay_s": 0.0, "in_channels": 1, "num_classes": 3}
 TOKEN = ADMIN["Authorization"].split()[1]
 WRONG_TOKEN = "wrong-token-that-must-not-be-logged"

@@ -19,11 +19,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.integration.harness import model_entry, png, save_random_weights, write_config
-from tests.serving import ServerProcess
-from tests.unit import crafted
+from tests.support import crafted
+from tests.support.harness import model_entry, png, save_random_weights, write_config
+from tests.support.serving import ServerProcess
 
-ARCH = "tests.archs:slow_classifier"
+ARCH = "tests.support.archs:slow_classifier"
 ARGS = {"delay_s": 0.0, "in_channels": 1, "num_classes": 3}
 PNG = {"Content-Type": "image/png"}
 GOOD = png(None, seed=3)

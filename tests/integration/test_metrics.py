@@ -18,11 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from service.lifecycle import Runtime
-from tests.integration.harness import ADMIN, model_entry, png, save_random_weights, serving, write_config
-from tests.integration.loadgen import PNG, file_version
+from tests.support.harness import ADMIN, model_entry, png, save_random_weights, serving, write_config
+from tests.support.loadgen import PNG, file_version
 
 pytestmark = pytest.mark.anyio
-ARCH = "tests.archs:slow_classifier"
+ARCH = "tests.support.archs:slow_classifier"
 ARGS = {"delay_s": 0.05}
 
 CONTRACT = {

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from service.errors import ConfigError
-from tests.integration.harness import model_entry, png, save_random_weights, serving, write_config
-from tests.reference import class_probabilities, preprocess
+from tests.support.harness import model_entry, png, save_random_weights, serving, write_config
+from tests.support.reference import class_probabilities, preprocess
 
 pytestmark = pytest.mark.anyio
 PNG = {"Content-Type": "image/png"}
@@ -78,7 +78,7 @@ async def _answers_as(
 async def test_a_precision_the_device_cannot_run_stops_the_start_naming_model_and_option(
     tmp_path: Path,
 ) -> None:
-    arch = "tests.archs:half_refusing"
+    arch = "tests.support.archs:half_refusing"
     save_random_weights(arch, {}, tmp_path / "m.pt")
     config = write_config(tmp_path, {"m": model_entry(arch, "m.pt", precision="float16")})
     with pytest.raises(ConfigError) as raised:
@@ -96,7 +96,7 @@ async def test_a_compile_that_fails_stops_the_start_naming_model_and_mode(
         raise RuntimeError("simulated compiler failure")
 
     monkeypatch.setattr("service.pipeline.replica.torch.compile", lambda module, mode: broken)
-    arch = "tests.archs:pooled"
+    arch = "tests.support.archs:pooled"
     save_random_weights(arch, {}, tmp_path / "m.pt")
     config = write_config(tmp_path, {"m": model_entry(arch, "m.pt", compile="default")})
     with pytest.raises(ConfigError, match=r"^model 'm': compile default failed on cpu: RuntimeError: simul"):
@@ -105,7 +105,7 @@ async def test_a_compile_that_fails_stops_the_start_naming_model_and_mode(
 
 
 async def test_folded_batchnorms_answer_as_eager_alone_and_with_channels_last(tmp_path: Path) -> None:
-    arch, args = "tests.archs:conv_norm", {"in_channels": 1, "num_classes": 3}
+    arch, args = "tests.support.archs:conv_norm", {"in_channels": 1, "num_classes": 3}
     model = save_random_weights(arch, args, tmp_path / "m.pt")
     options: dict[str, dict[str, Any]] = {
         "folded": {"fold_batchnorm": True},
@@ -126,7 +126,7 @@ async def test_folded_batchnorms_answer_as_eager_alone_and_with_channels_last(tm
 async def test_fold_batchnorm_on_a_model_fx_cannot_trace_stops_the_start_naming_model_and_option(
     tmp_path: Path,
 ) -> None:
-    arch = "tests.archs:branching_conv_norm"
+    arch = "tests.support.archs:branching_conv_norm"
     save_random_weights(arch, {}, tmp_path / "m.pt")
     config = write_config(tmp_path, {"m": model_entry(arch, "m.pt", fold_batchnorm=True)})
     with pytest.raises(ConfigError) as raised:
@@ -139,9 +139,9 @@ async def test_fold_batchnorm_on_a_model_fx_cannot_trace_stops_the_start_naming_
 
 def _costly(tmp_path: Path, name: str, **cost: float) -> dict[str, Any]:
     args = {**cost, "in_channels": 1, "num_classes": 3}
-    save_random_weights("tests.archs:costly_classifier", args, tmp_path / f"{name}.pt")
+    save_random_weights("tests.support.archs:costly_classifier", args, tmp_path / f"{name}.pt")
     return model_entry(
-        "tests.archs:costly_classifier",
+        "tests.support.archs:costly_classifier",
         f"{name}.pt",
         init_args=args,
         batching={"max_batch_size": 8},

@@ -15,7 +15,9 @@ import pytest
 import yaml
 
 from load_tests import server_process
-from tests.deploy.monitoring import (
+from tests.support.harness import ADMIN, model_entry, png, save_random_weights, write_config
+from tests.support.loadgen import PNG
+from tests.support.monitoring import (
     ALERTS,
     GPU_FAMILIES,
     dashboard,
@@ -23,14 +25,12 @@ from tests.deploy.monitoring import (
     referenced_metrics,
     substitute,
 )
-from tests.integration.harness import ADMIN, model_entry, png, save_random_weights, write_config
-from tests.integration.loadgen import PNG
-from tests.integration.prometheus import PrometheusProcess
-from tests.serving import ServerProcess
+from tests.support.prometheus import PrometheusProcess
+from tests.support.serving import ServerProcess
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="the prometheus binary is not installed")
-ARCH = "tests.archs:failing_on_bright"  # a white image fails its batch with 500
+ARCH = "tests.support.archs:failing_on_bright"  # a white image fails its batch with 500
 MODEL = "fragile"
 GOOD, BAD = png(10), png(255)
 TIMEOUT_S = 30.0

@@ -9,14 +9,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.harness import model_entry, png, save_random_weights, write_config
-from tests.integration.loadgen import PNG, file_version
-from tests.integration.prometheus import PrometheusProcess
-from tests.serving import ServerProcess
+from tests.support.harness import model_entry, png, save_random_weights, write_config
+from tests.support.loadgen import PNG, file_version
+from tests.support.prometheus import PrometheusProcess
+from tests.support.serving import ServerProcess
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="the prometheus binary is not installed")
-ARCH = "tests.archs:slow_classifier"
+ARCH = "tests.support.archs:slow_classifier"
 
 
 @pytest.fixture

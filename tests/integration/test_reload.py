@@ -23,11 +23,11 @@ import torch
 
 import service.checkpoints.loading
 from service.checkpoints.watcher import watch_checkpoint
-from tests.integration.harness import ADMIN, model_entry, png, save_random_weights, serving, write_config
-from tests.integration.loadgen import PNG, Load, file_version, matches, reference_scores, wait_until
-from tests.serving import ServerProcess
+from tests.support.harness import ADMIN, model_entry, png, save_random_weights, serving, write_config
+from tests.support.loadgen import PNG, Load, file_version, matches, reference_scores, wait_until
+from tests.support.serving import ServerProcess
 
-ARCH = "tests.archs:slow_classifier"
+ARCH = "tests.support.archs:slow_classifier"
 ARGS = {"delay_s": 0.003, "in_channels": 1, "num_classes": 3}
 IMAGES = [png(v) for v in (0, 40, 90, 140, 200, 255)] + [png(None, seed=3), png(None, size=(33, 7), seed=4)]
 

@@ -35,9 +35,9 @@ from load_tests.naive_server import NaiveModel, load_model
 from service import __version__
 from service.demo import demo_config
 from service.images.decode import decode_image
-from tests.integration.harness import model_entry, png, save_random_weights, write_config
-from tests.integration.loadgen import PNG, reference_scores, wait_until
-from tests.serving import ServerProcess
+from tests.support.harness import model_entry, png, save_random_weights, write_config
+from tests.support.loadgen import PNG, reference_scores, wait_until
+from tests.support.serving import ServerProcess
 
 DOORS = ("rest-json", "rest-binary", "grpc")
 IMAGES = {"digits": ["digit_3.png", "digit_7.png"], "shapes": ["shapes_1.png", "shapes_2.jpg"]}
@@ -531,7 +531,7 @@ def test_tritonclient_reports_server_errors_as_its_exception(
 
 # --- one batcher for every door ------------------------------------------------------------------
 
-SLOW_ARCH = "tests.archs:slow_classifier"
+SLOW_ARCH = "tests.support.archs:slow_classifier"
 SLOW_ARGS = {"delay_s": 1.0, "in_channels": 1, "num_classes": 3}
 
 

@@ -22,11 +22,11 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.harness import ADMIN, model_entry, png, save_random_weights, write_config
-from tests.integration.loadgen import arrived_and_in_flight, file_version, reference_scores, wait_until
-from tests.serving import ServerProcess
+from tests.support.harness import ADMIN, model_entry, png, save_random_weights, write_config
+from tests.support.loadgen import arrived_and_in_flight, file_version, reference_scores, wait_until
+from tests.support.serving import ServerProcess
 
-ARCH = "tests.archs:slow_classifier"
+ARCH = "tests.support.archs:slow_classifier"
 ARGS = {"delay_s": 0.003, "in_channels": 1, "num_classes": 3}
 IMAGES = [png(v) for v in (0, 70, 140, 255)] + [png(None, seed=3), png(None, size=(33, 7), seed=4)]
 LOAD_S = 5.0

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.serving import REPO
+from tests.support.serving import REPO
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or ctypes.util.find_library("c") is None, reason="glibc's malloc"

@@ -14,8 +14,8 @@ from service.config import InputSpec
 from service.errors import BadImage, TooLarge
 from service.images import decode as decode_module
 from service.images.decode import decode_image, describe, is_tiny, open_image, prepare_image
-from tests.reference import preprocess
-from tests.unit import crafted
+from tests.support import crafted
+from tests.support.reference import preprocess
 
 GREY = InputSpec(size=(8, 12), channels=1, mean=(0.5,), std=(0.5,))
 RGB = InputSpec(size=(8, 12), channels=3)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from service.pipeline.fold import NotTraceable, fold_batchnorm
-from tests.archs import branching_conv_norm, conv_norm, pooled
+from tests.support.archs import branching_conv_norm, conv_norm, pooled
 
 
 def _norms(module: nn.Module) -> int:

@@ -18,7 +18,7 @@ from service.config import InputSpec
 from service.errors import BadImage
 from service.images import prescan
 from service.images.decode import decode_image
-from tests.unit import crafted
+from tests.support import crafted
 
 RGB = InputSpec(size=(8, 12), channels=3)
 FAST_S = 0.5  # each refusal is a sub-millisecond walk; each decode here is a small image

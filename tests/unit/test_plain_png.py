@@ -16,7 +16,7 @@ from service.errors import BadImage
 from service.images import decode as decode_module
 from service.images.decode import decode_image, open_image
 from service.images.plain_png import PlainPng, grey_png, plain_png
-from tests.unit import crafted
+from tests.support import crafted
 
 
 def _png(image: Image.Image, **params: object) -> bytes:

@@ -21,10 +21,10 @@ from service.pipeline import registry as registry_module
 from service.pipeline.devices import CoreShare, cgroup_cpu_quota
 from service.pipeline.replica import DeviceModel, ModelVersion, Replica
 from service.pipeline.tasks import ClassificationTask, Job, Wants
-from tests.archs import keep_busy
+from tests.support.archs import keep_busy
 
 SPEC = ModelSpec(
-    architecture="tests.archs:slow_classifier",
+    architecture="tests.support.archs:slow_classifier",
     checkpoint="unused.pt",
     input=InputSpec(size=(8, 8), channels=1, mean=(0.5,), std=(0.5,)),
 )

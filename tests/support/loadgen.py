@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from tests.reference import class_probabilities, preprocess
+from tests.support.reference import class_probabilities, preprocess
 
 PNG = {"Content-Type": "image/png"}
 Send = Callable[[httpx.Client, int], httpx.Response]

@@ -1,4 +1,4 @@
-"""Architectures for serving tests, importable by a server subprocess as ``tests.archs:...``."""
+"""Architectures for serving tests, importable by a server subprocess as ``tests.support.archs:...``."""
 
 from __future__ import annotations
 

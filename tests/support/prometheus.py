@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.serving import free_port
+from tests.support.serving import free_port
 
 JOB = "model-serve"  # the job name the shipped alerting rules select
 

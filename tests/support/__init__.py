@@ -1,0 +1,1 @@
+"""Helpers the test folders share: architectures, references, servers, load and crafted files."""
