@@ -6,10 +6,12 @@ the tests check the served answers against them.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+
+from service.config import TaskName
 
 
 class ErrorDetail(BaseModel):
@@ -41,7 +43,7 @@ class SegmentationPrediction(BaseModel):
 class PredictResponse(BaseModel):
     model: str
     version: str = Field(description="first 12 hex digits of the checkpoint's SHA-256")
-    task: Literal["classification", "segmentation"]
+    task: TaskName
     predictions: list[ClassPrediction] | list[SegmentationPrediction]
 
 
@@ -53,7 +55,8 @@ class ReplicaInfo(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    task: str
+    task: TaskName
+    playground: dict[str, bool] = Field(description="what the playground's form offers: top_k, mask")
     version: str | None
     previous_version: str | None
     architecture: str

@@ -32,7 +32,7 @@ from service.pipeline.devices import CoreShare, available_cores, resolve_devices
 from service.pipeline.fold import NotTraceable
 from service.pipeline.replica import DeviceModel, ModelVersion, Replica
 from service.pipeline.served import ServedModel
-from service.pipeline.tasks import Classification, Job, Segmentation, task_for
+from service.pipeline.tasks import Job, task_for
 from service.pipeline.warmup import warm_up
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ class Registry:
             version,
             loaded_at=time.time(),
             load_seconds=time.monotonic() - started,
-            classes=_classes(results[0]),
+            classes=served.task.classes(results[0]),
         )
 
     def _activate(self, served: ServedModel, version: ModelVersion) -> None:
@@ -284,10 +284,3 @@ def _load_version(
         except NotTraceable as exc:
             raise ConfigError(f"model {name!r}: fold_batchnorm needs a traceable model: {exc}") from exc
     return ModelVersion(version, checkpoint, time.time(), time.monotonic() - started, tuple(device_models))
-
-
-def _classes(result: Classification | Segmentation) -> int:
-    if isinstance(result, Segmentation):
-        return len(result.class_pixel_counts)
-    assert result.probabilities is not None  # the warm-up asks for them
-    return len(result.probabilities)

@@ -117,7 +117,7 @@ def test_text_startup_lines_come_in_order_and_outside_a_request_show_a_dash(
     loading = log.index("INFO service.lifecycle [-] loading 1 model (m)...")
     running = log.index("Uvicorn running on")
     ready = log.index(
-        f"INFO service [-] ready: serving models ['m'] on {text_server.url} (gRPC {text_server.grpc_port})"
+        f"INFO service.lifecycle [-] ready: serving models ['m'] on {text_server.url} (gRPC {text_server.grpc_port})"
     )
     assert loading < running < ready
     assert "[None]" not in log
