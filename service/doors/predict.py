@@ -128,13 +128,19 @@ async def require_admin(
     raise error
 
 
+# What every admin route shares: the token check, the answer's schema and its refusals.
+_ADMIN_ROUTE: dict[str, Any] = {
+    "response_model": schemas.ReloadAnswer,
+    "dependencies": [Depends(require_admin)],
+    "responses": schemas.ADMIN_RESPONSES,
+}
+
+
 @router.post(
     "/models/{name}/reload",
     summary="Hot-reload a model's checkpoint",
-    response_model=schemas.ReloadAnswer,
-    dependencies=[Depends(require_admin)],
-    responses=schemas.ADMIN_RESPONSES,
     openapi_extra=schemas.RELOAD_OPENAPI,
+    **_ADMIN_ROUTE,
 )
 async def reload_model(name: str, request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     note_model(name)
@@ -174,13 +180,7 @@ async def _reload_request(request: Request) -> schemas.ReloadRequest:
         ) from None
 
 
-@router.post(
-    "/models/{name}/rollback",
-    summary="Restore the previous version",
-    response_model=schemas.ReloadAnswer,
-    dependencies=[Depends(require_admin)],
-    responses=schemas.ADMIN_RESPONSES,
-)
+@router.post("/models/{name}/rollback", summary="Restore the previous version", **_ADMIN_ROUTE)
 async def rollback_model(name: str, request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     note_model(name)
     try:

@@ -94,11 +94,9 @@ class Call:
         await self._deadline.__aenter__()
         return self
 
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, *exc_info: Any) -> None:
         self._held.close()
-        await self._deadline.__aexit__(kind, error, trace)
+        await self._deadline.__aexit__(*exc_info)
 
 
 class Deadline:

@@ -22,6 +22,8 @@ from service.errors import ConfigError
 from service.images.decode import DecodedImage
 from service.images.plain_png import grey_png
 
+Labels = Sequence[str] | None  # a model's class names, index by index, when configured
+
 
 @dataclass(frozen=True, slots=True)
 class Wants:
@@ -127,7 +129,7 @@ class Task:
         )
 
     def v2_values(
-        self, output: str, results: Sequence[Any], ranked: int | None, labels: Sequence[str] | None
+        self, output: str, results: Sequence[Any], ranked: int | None, labels: Labels
     ) -> tuple[str, np.ndarray]:
         """The v2 datatype and the stacked values of ``output`` over a request's results;
         ``ranked`` is the classification extension's count (only for ``ranked_output``)."""
@@ -186,11 +188,7 @@ class ClassificationTask(Task):
         ]
 
     def v2_values(
-        self,
-        output: str,
-        results: Sequence[Classification],
-        ranked: int | None,
-        labels: Sequence[str] | None,
+        self, output: str, results: Sequence[Classification], ranked: int | None, labels: Labels
     ) -> tuple[str, np.ndarray]:
         if output == "class_index":
             return "INT64", np.array([result.indices[0] for result in results], dtype=np.int64)
@@ -265,11 +263,7 @@ class SegmentationTask(Task):
         return [{"name": "mask", "datatype": _mask_type(classes), "shape": [-1, *size]}]
 
     def v2_values(
-        self,
-        output: str,
-        results: Sequence[Segmentation],
-        ranked: int | None,
-        labels: Sequence[str] | None,
+        self, output: str, results: Sequence[Segmentation], ranked: int | None, labels: Labels
     ) -> tuple[str, np.ndarray]:
         stacked = np.stack([result.mask for result in results])
         return _mask_type(len(results[0].class_pixel_counts)), stacked
