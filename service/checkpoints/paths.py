@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from service.errors import Forbidden, NotFound
+from service.errors import Forbidden, InvalidParameter, NotFound
 
 
 def resolve_checkpoint(root: Path, requested: str) -> Path:
@@ -12,6 +12,10 @@ def resolve_checkpoint(root: Path, requested: str) -> Path:
 
     Refuses ``..`` components, absolute paths elsewhere, and links that lead out of ``root``.
     """
+    if not requested.strip():
+        raise InvalidParameter(
+            "the checkpoint path is empty; leave 'checkpoint' out to re-read the configured file"
+        )
     if "\x00" in requested:
         raise Forbidden("the checkpoint path contains a NUL byte")
     candidate = PurePosixPath(requested)

@@ -37,7 +37,7 @@ async def read_body(request: Request, limit: int, hold: Callable[[int], None]) -
     they are held: a declared length at once, a chunked body chunk by chunk."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):  # "²".isdigit(), yet int("²") fails
             raise BadImage(f"Content-Length {declared!r} is not a number")
         if int(declared) > limit:
             raise TooLarge(f"the body is {declared} bytes; at most {limit} are accepted")

@@ -148,7 +148,11 @@ async def reload_model(name: str, request: Request, runtime: RuntimeDep) -> dict
     try:
         served = runtime.registry.get(name)
         asked = (await _reload_request(request)).checkpoint
-        path = resolve_checkpoint(runtime.config.checkpoint_root, asked) if asked else served.spec.checkpoint
+        path = (
+            served.spec.checkpoint
+            if asked is None
+            else resolve_checkpoint(runtime.config.checkpoint_root, asked)
+        )
         previous, version, changed = await runtime.registry.reload(name, path)
     except Exception as error:
         _audit_refusal(request, error, asked)

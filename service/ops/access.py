@@ -16,7 +16,7 @@ from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any
 
-from service.ops.logs import REQUEST_ID
+from service.ops.logs import REQUEST_ID, escaped
 
 log = logging.getLogger("service.access")
 _CURRENT: ContextVar[Access | None] = ContextVar("access", default=None)
@@ -116,7 +116,7 @@ class Access:
     @property
     def shown_path(self) -> str:
         """The path, escaped when it holds control characters (a forged line break)."""
-        return self.path if self.path.isprintable() else self.path.encode("unicode_escape").decode()
+        return escaped(self.path)
 
 
 def note_model(model: str, version: str | None = None) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
@@ -176,7 +177,7 @@ class AccessLog(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         return grpc.unary_unary_rpc_method_handler(
             self._logged(handler.unary_unary, details),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -192,6 +193,8 @@ class AccessLog(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             access = Access("grpc", method, path, peer.partition(":")[2] or peer, self.ids.choose(given))
             access.begin()
             try:
+                if isinstance(request, Malformed):
+                    await _abort(context, BadRequest(f"the request is not a valid {request.kind} message"))
                 answer = behaviour(request, context)
                 response = await answer if inspect.isawaitable(answer) else answer
             except asyncio.CancelledError:  # the client cancelled, or its deadline passed
@@ -204,6 +207,28 @@ class AccessLog(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return response
 
         return logged
+
+
+class Malformed:
+    """A request whose bytes do not parse as its protobuf message: answered INVALID_ARGUMENT
+    by the interceptor, where grpc itself would answer UNKNOWN with the parser's exception."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError:
+            owner = getattr(deserialize, "__self__", None)  # FromString's message class
+            return Malformed(getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "protobuf"))
+
+    return parse
 
 
 def _finish(access: Access, code: grpc.StatusCode) -> None:

@@ -163,7 +163,7 @@ def _parse(body: bytes, header_length: str | None) -> tuple[InferRequest, bool]:
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     if header_length is None:
         return body, memoryview(b"")
-    if not header_length.isdigit() or int(header_length) > len(body):
+    if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
         raise BadRequest(
             f"Inference-Header-Content-Length {header_length!r} does not fit a {len(body)}-byte body"
         )
