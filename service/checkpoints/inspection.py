@@ -96,7 +96,7 @@ def _check_architecture(
         file=out,
     )
     try:
-        apply_checkpoint(model, raw)
+        apply_checkpoint(model, raw, architecture=architecture)
     except CheckpointError as exc:
         print(exc.message, file=out)
         print(f"FAIL: does not load into {architecture}", file=out)
