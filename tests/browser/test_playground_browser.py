@@ -186,7 +186,7 @@ def _placement(devices: list[str]) -> str:
 
 
 def test_the_controls_follow_the_chosen_model(browser: Browser, demo_server: ServerProcess) -> None:
-    """"Top classes" only for a classifier (also after switching back), each device named once."""
+    """The "Top classes" field only for a classifier (also after switching back), each device named once."""
     _open_playground(browser, demo_server, "digits")
     for model, top_k_shown in (("digits", True), ("shapes", False), ("digits", True)):
         Select(element(browser, "#model")).select_by_value(model)
