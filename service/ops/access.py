@@ -128,6 +128,14 @@ def note_model(model: str, version: str | None = None) -> None:
             access.version = version
 
 
+def note_status(status: int) -> None:
+    """Records on the current request's access line the HTTP status its answer stands for
+    (a gRPC door that aborts with an error notes the error's own status before the code)."""
+    access = _CURRENT.get()
+    if access is not None:
+        access.status = status
+
+
 class RequestIds:
     """Request ids: the client's own (``X-Request-ID`` or gRPC metadata) when sane, else a
     process-unique ``<random prefix>-<counter>``."""

@@ -32,7 +32,7 @@ from service.pipeline.devices import CoreShare, available_cores, resolve_devices
 from service.pipeline.fold import NotTraceable
 from service.pipeline.replica import DeviceModel, ModelVersion, Replica
 from service.pipeline.served import ServedModel
-from service.pipeline.tasks import Classification, Job, Segmentation, task_for
+from service.pipeline.tasks import Job, task_for
 from service.pipeline.warmup import warm_up
 
 log = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ class Registry:
             version,
             loaded_at=time.time(),
             load_seconds=time.monotonic() - started,
-            classes=_classes(results[0]),
+            classes=served.task.classes(results[0]),
         )
 
     def _activate(self, served: ServedModel, version: ModelVersion) -> None:
@@ -294,10 +294,3 @@ def _shown(checkpoint: Path, root: Path) -> str:
     """How a reload's answer names its file: the path under ``checkpoint_root`` (the one a
     client sends), else the file's name; never the server's own absolute path."""
     return checkpoint.relative_to(root).as_posix() if checkpoint.is_relative_to(root) else checkpoint.name
-
-
-def _classes(result: Classification | Segmentation) -> int:
-    if isinstance(result, Segmentation):
-        return len(result.class_pixel_counts)
-    assert result.probabilities is not None  # the warm-up asks for them
-    return len(result.probabilities)

@@ -28,14 +28,6 @@ MAY_IMPORT = {
     "ops": {"ops", "base"},
     "base": {"base"},
 }
-# Today's only upward imports: the doors type their dependency as `lifecycle.Runtime`. Each
-# entry must still be true (a stale one fails), so the list can only shrink.
-KNOWN_UPWARD = {
-    ("service.doors.predict", "service.lifecycle"),
-    ("service.doors.v2.rest", "service.lifecycle"),
-    ("service.doors.v2.grpc_service", "service.lifecycle"),
-}
-
 _TREE_LINE = re.compile(r"^(?P<indent>(?:│   |    )*)[├└]── (?P<name>\S+)(?:\s+(?P<what>\S.*))?$")
 
 
@@ -136,15 +128,10 @@ def _edges() -> set[tuple[str, str]]:
 def test_imports_point_down_the_layers() -> None:
     upward = sorted(
         f"{module} ({_group(module)}) imports {target} ({_group(target)})"
-        for module, target in _edges() - KNOWN_UPWARD
+        for module, target in _edges()
         if _group(target) not in MAY_IMPORT[_group(module)]
     )
     assert not upward, "imports that point up the layers of docs/architecture.md:\n" + "\n".join(upward)
-
-
-def test_the_known_upward_imports_are_still_there() -> None:
-    stale = sorted(KNOWN_UPWARD - _edges())
-    assert not stale, f"these upward imports are gone: remove them from KNOWN_UPWARD: {stale}"
 
 
 @pytest.mark.parametrize(

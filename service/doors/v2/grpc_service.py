@@ -13,7 +13,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
@@ -22,25 +22,13 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from service.doors.v2.infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
 from service.doors.v2.tensors import InputTensor, from_contents, from_raw, parse_shape, to_raw
 from service.errors import BadRequest, ConfigError, ServeError
-from service.ops.access import Access, RequestIds, note_model
-from service.pipeline.served import ServedModel, accounted, deadline
-
-if TYPE_CHECKING:  # the runtime starts this server: a type, not an import cycle
-    from service.lifecycle import Runtime
+from service.ops.access import Access, RequestIds, note_model, note_status
+from service.pipeline.call import Call, accounted
+from service.pipeline.runtime import Runtime
+from service.pipeline.served import ServedModel
 
 log = logging.getLogger(__name__)
 
-_STATUS_CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    404: grpc.StatusCode.NOT_FOUND,
-    408: grpc.StatusCode.DEADLINE_EXCEEDED,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    415: grpc.StatusCode.INVALID_ARGUMENT,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    499: grpc.StatusCode.CANCELLED,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
 # Where typed contents live for each datatype (the proto's InferTensorContents fields).
 _CONTENTS = {
     "BOOL": "bool_contents",
@@ -112,12 +100,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         return response
 
     async def _infer(self, request: Any, served: ServedModel) -> Any:
-        version = self.runtime.admit(served, request.model_version or None)
-        limits = self.runtime.config.server
-        async with deadline(limits, uploading=False):  # gRPC has received the whole message
-            with self.runtime.body_budget.reserve(request.ByteSize()):
-                parsed = InferRequest(request.id or None, _inputs(request), _outputs(request.outputs))
-                outputs = await infer(served, version, parsed, limits)
+        # gRPC has received the whole message: the deadline is the server's from the start
+        async with Call(self.runtime, served, request.model_version or None, uploading=False) as call:
+            call.hold_body(request.ByteSize())
+            parsed = InferRequest(request.id or None, _inputs(request), _outputs(request.outputs))
+            outputs = await infer(call, parsed)
+        version = call.pinned
         return pb.ModelInferResponse(
             model_name=served.name,
             model_version=version.version,
@@ -159,22 +147,18 @@ def _outputs(requested: Sequence[Any]) -> list[RequestedOutput] | None:
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: ServeError) -> NoReturn:
-    await context.abort(_STATUS_CODES.get(error.status, grpc.StatusCode.INTERNAL), error.message)
+    """Ends the call with the error's own row of the error table (code, and status for the log)."""
+    note_status(error.status)
+    await context.abort(grpc.StatusCode[error.grpc_code], error.message)
     raise AssertionError("abort() raises")  # pragma: no cover
 
 
-# The HTTP status each gRPC code stands for in access lines (the inverse of _STATUS_CODES).
+# The HTTP status of the codes no domain error answers with, for access lines (an abort notes
+# its error's own status first).
 _HTTP_EQUIVALENT = {
     grpc.StatusCode.OK: 200,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
     grpc.StatusCode.CANCELLED: 499,
     grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 
 
@@ -224,7 +208,8 @@ class AccessLog(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 def _finish(access: Access, code: grpc.StatusCode) -> None:
     access.code = code.name
-    access.status = _HTTP_EQUIVALENT.get(code, 500)
+    if access.status is None or code in _HTTP_EQUIVALENT:
+        access.status = _HTTP_EQUIVALENT.get(code, 500)
     access.finish()
 
 
