@@ -127,14 +127,18 @@ class Registry:
         served = self.get(name)
         async with served.reload_lock:
             previous = served.active.version if served.active else None
+            shown = _shown(checkpoint, self.config.checkpoint_root)
             try:
                 version = await self._load_and_warm(served, checkpoint, unless=previous)
+            except CheckpointError as exc:
+                self.metrics.reloads.labels(name, "failure").inc()
+                raise CheckpointError(exc.message.replace(str(checkpoint), shown)) from exc
             except ServeError:
                 self.metrics.reloads.labels(name, "failure").inc()
                 raise
             except Exception as exc:
                 self.metrics.reloads.labels(name, "failure").inc()
-                raise CheckpointError(f"{checkpoint.name} failed: {type(exc).__name__}: {exc}") from exc
+                raise CheckpointError(f"{shown} failed: {type(exc).__name__}: {exc}") from exc
             if version is None:
                 self.metrics.reloads.labels(name, "unchanged").inc()
                 assert previous is not None
@@ -278,9 +282,15 @@ def _load_version(
     device_models = []
     for replica in replicas:
         module = build_model(spec.architecture, spec.init_args)
-        install(module, raw, replica.device)
+        install(module, raw, replica.device, architecture=spec.architecture)
         try:
             device_models.append(DeviceModel(module, spec, replica.device))
         except NotTraceable as exc:
             raise ConfigError(f"model {name!r}: fold_batchnorm needs a traceable model: {exc}") from exc
     return ModelVersion(version, checkpoint, time.time(), time.monotonic() - started, tuple(device_models))
+
+
+def _shown(checkpoint: Path, root: Path) -> str:
+    """How a reload's answer names its file: the path under ``checkpoint_root`` (the one a
+    client sends), else the file's name; never the server's own absolute path."""
+    return checkpoint.relative_to(root).as_posix() if checkpoint.is_relative_to(root) else checkpoint.name
