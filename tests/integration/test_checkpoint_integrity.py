@@ -107,7 +107,7 @@ def _overwrite_in_place(path: Path, data: bytes, truncate: bool) -> None:
     with path.open("wb" if truncate else "r+b", buffering=0) as file:
         for start in range(0, len(data), CHUNK_BYTES):
             file.write(data[start : start + CHUNK_BYTES])
-            time.sleep(CHUNK_PAUSE_S)
+            time.sleep(CHUNK_PAUSE_S)  # the slow write under test: half-written files stay visible
 
 
 def test_a_checkpoint_overwritten_in_place_is_never_served_half_written(
@@ -151,7 +151,7 @@ def _predict_on(url: str) -> Callable[[httpx.Client, int], httpx.Response]:
 
 def _reload_on(url: str) -> Callable[[httpx.Client, int], httpx.Response]:
     def send(client: httpx.Client, i: int) -> httpx.Response:
-        time.sleep(0.03)
+        time.sleep(0.03)  # pacing of the reload loop, not a wait
         return client.post(f"{url}/models/w/reload", json={}, headers=ADMIN)
 
     return send

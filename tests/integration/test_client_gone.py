@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from service.doors.intake import departure_of
 from tests.support.harness import model_entry, png, save_random_weights, write_config
 from tests.support.loadgen import PNG
 from tests.support.serving import ServerProcess
+from tests.support.waiting import wait_until
 
 ARCH = "tests.support.archs:slow_classifier"
 DELAY_S = 0.6
@@ -46,16 +46,22 @@ def _batches(url: str) -> int:
     return batches
 
 
-def _closed_requests(url: str) -> float:
+def _busy(url: str) -> bool:
+    busy: bool = httpx.get(f"{url}/models/m", timeout=5).json()["replicas"][0]["busy"]
+    return busy
+
+
+def _sample(url: str, name: str, **labels: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=5).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "model_serve_rejected_requests_total" and sample.labels == {
-                "model": "m",
-                "reason": "client_closed_request",
-            }:
+            if sample.name == name and sample.labels == {"model": "m", **labels}:
                 return sample.value
     return 0.0
+
+
+def _closed_requests(url: str) -> float:
+    return _sample(url, "model_serve_rejected_requests_total", reason="client_closed_request")
 
 
 def _post(url: str, answers: list[int]) -> None:
@@ -67,14 +73,16 @@ def test_a_request_whose_client_hung_up_in_the_queue_never_runs(server: ServerPr
     answers: list[int] = []
     first = threading.Thread(target=_post, args=(server.url, answers))
     first.start()
-    time.sleep(DELAY_S / 4)  # the first request holds the only replica
+    wait_until(lambda: _busy(server.url), 10, "the first request holding the only replica")
     head = (
         f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
         f"Content-Length: {len(IMAGE)}\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as gone:
         gone.sendall(head + IMAGE)
-        time.sleep(DELAY_S / 4)  # decoded and queued behind the first
+        wait_until(  # decoded and queued behind the first
+            lambda: _sample(server.url, "model_serve_queue_depth") >= 1, 10, "the second image queued"
+        )
     first.join(timeout=30)
     _post(server.url, answers)  # and the server answers on
     assert answers == [200, 200]
@@ -86,7 +94,7 @@ def test_a_request_whose_client_hung_up_in_the_queue_never_runs(server: ServerPr
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_without_a_connection_watch_a_task_waits_on_receive(anyio_backend: str) -> None:
     async def receive() -> dict[str, Any]:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the client leaves a little later: the task must wait for it
         return {"type": "http.disconnect"}
 
     request = Request({"type": "http", "method": "POST", "headers": [], "path": "/"}, receive)

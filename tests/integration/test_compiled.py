@@ -17,6 +17,7 @@ from torch._dynamo.utils import counters
 from tests.support.harness import ADMIN, model_entry, png, save_random_weights, serving, write_config
 from tests.support.loadgen import matches, reference_scores
 from tests.support.reference import class_probabilities
+from tests.support.waiting import await_until
 
 pytestmark = pytest.mark.anyio
 ARCH = "tests.support.archs:pooled"
@@ -85,20 +86,25 @@ async def test_reloading_a_compiled_model_under_load_loses_nothing(tmp_path: Pat
     }
     async with serving(_config(tmp_path, adaptive=True)) as (client, _):
         first = (await client.get("/models/c")).json()["version"]
-        deadline = time.monotonic() + 4.0
+        deadline = time.monotonic() + 60.0  # a bound only: the loops stop once both versions answered
+        done = asyncio.Event()
+        answers: list[tuple[int, httpx.Response]] = []
 
-        async def client_loop(seed: int) -> list[tuple[int, httpx.Response]]:
-            answers = []
-            while time.monotonic() < deadline:
-                index = (seed + len(answers)) % len(IMAGES)
+        async def client_loop(seed: int) -> None:
+            sent = 0
+            while not done.is_set() and time.monotonic() < deadline:
+                index = (seed + sent) % len(IMAGES)
+                sent += 1
                 answer = await client.post("/predict?model=c&top_k=3", content=IMAGES[index], headers=PNG)
                 answers.append((index, answer))
-            return answers
 
         loops = [asyncio.create_task(client_loop(seed)) for seed in range(3)]
-        await asyncio.sleep(0.5)  # some answers from the first version
+        await await_until(lambda: len(answers) >= 6, 30, "six answers from the first version")
         reload = await client.post("/models/c/reload", json={"checkpoint": "b.pt"}, headers=ADMIN)
-        answers = [pair for loop in loops for pair in await loop]
+        swapped = len(answers)  # answers sent after the reload returned are the second version's
+        await await_until(lambda: len(answers) >= swapped + 9, 30, "answers after the reload")
+        done.set()
+        await asyncio.gather(*loops)
     assert reload.status_code == 200, reload.text
     refs = {
         first: reference_scores(models["a.pt"], IMAGES),

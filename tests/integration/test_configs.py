@@ -14,6 +14,7 @@ from PIL import Image
 
 from tests.support.harness import model_entry, png, save_random_weights, serving, write_config
 from tests.support.reference import class_probabilities, preprocess, segmentation_mask
+from tests.support.waiting import await_until
 
 pytestmark = pytest.mark.anyio
 PNG = {"Content-Type": "image/png"}
@@ -113,8 +114,15 @@ async def test_deadline_answers_504_and_drops_the_work(tmp_path: Path) -> None:
         served = runtime.registry.get("slow")
         assert [a.status_code for a in answers] == [504] * 4
         assert answers[0].json()["error"]["code"] == "timeout"
-        await asyncio.sleep(0.6)  # let the batch that was already running finish
-        assert served.batcher.depth == 0
+        await await_until(  # the batch that was already running finishes, and nothing follows it
+            lambda: (
+                served.batcher.depth == 0
+                and sum(r.batches_served for r in served.replicas) >= 1
+                and not any(r.busy for r in served.replicas)
+            ),
+            10,
+            "the running batch done and the queue empty",
+        )
         assert sum(r.batches_served for r in served.replicas) <= 2, "timed-out requests were skipped"
 
 

@@ -13,6 +13,7 @@ from load_tests.server_process import ServerProcess
 from service.pipeline import registry as registry_module
 from service.pipeline.replica import Replica
 from tests.support.harness import model_entry, png, save_random_weights, serving, write_config
+from tests.support.waiting import await_until
 
 pytestmark = pytest.mark.anyio
 PNG = {"Content-Type": "image/png"}
@@ -84,19 +85,13 @@ async def test_a_dead_replica_loop_is_restarted_and_readiness_is_honest_meanwhil
     async with serving(config) as (client, runtime):
         assert (await client.get("/readyz")).status_code == 200
         crash.set()
-        await _until(lambda: not runtime.registry.ready)
+        await await_until(lambda: not runtime.registry.ready, 10, "readiness lost: the replica loop died")
         assert (await client.get("/readyz")).status_code == 503
         assert (await client.get("/models/m")).json()["ready"] is False
         assert runtime.metrics.registry.get_sample_value("model_serve_ready") == 0
-        await _until(lambda: runtime.registry.ready, timeout_s=5)
+        await await_until(lambda: runtime.registry.ready, 10, "readiness back after the restart")
         assert (await client.post("/predict", content=GREY, headers=PNG)).status_code == 200
         assert runtime.metrics.registry.get_sample_value("model_serve_ready") == 1
-
-
-async def _until(condition: object, timeout_s: float = 2.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():  # type: ignore[operator]
-            await asyncio.sleep(0.01)
 
 
 def test_system_exit_from_forward_does_not_end_the_process(tmp_path: Path) -> None:

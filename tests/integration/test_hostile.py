@@ -22,6 +22,7 @@ from PIL import Image
 from tests.support.harness import model_entry, png, save_random_weights, write_config
 from tests.support.loadgen import PNG
 from tests.support.serving import ServerProcess
+from tests.support.waiting import wait_until
 
 ARCH = "tests.support.archs:slow_classifier"
 MAX_BODY = 4 << 20
@@ -254,7 +255,7 @@ def test_slow_clients_do_not_block_normal_requests(server: Server) -> None:
             for sock in header_sockets:
                 sock.sendall(f"X-Slow-{step}: x\r\n".encode())
             worst = max(worst, server.predict_ok(limit_s=1.5))
-            time.sleep(0.2)
+            time.sleep(0.2)  # the drip under test: slow clients, not a wait
         assert _in_flight(server.url) >= 20, "the slow uploads are not being read"
         for _ in range(5):  # now they hang, holding their connections
             worst = max(worst, server.predict_ok(limit_s=1.5))
@@ -262,10 +263,7 @@ def test_slow_clients_do_not_block_normal_requests(server: Server) -> None:
     finally:
         for sock in body_sockets + header_sockets:
             sock.close()
-    deadline = time.monotonic() + 10
-    while _in_flight(server.url) > 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _in_flight(server.url) == 0, "abandoned uploads were never released"
+    wait_until(lambda: _in_flight(server.url) == 0, 10, "abandoned uploads released (none in flight)")
     server.assert_healthy()
 
 
@@ -326,13 +324,13 @@ def test_an_abandoned_upload_is_not_an_unhandled_error(server: Server) -> None:
         with socket.create_connection(("127.0.0.1", server.process.port), timeout=5) as sock:
             sock.sendall(_upload_head("1000"))
             sock.sendall(GOOD[:100])
-            deadline = time.monotonic() + 5
-            while _in_flight(server.url) < 1 and time.monotonic() < deadline:
-                time.sleep(0.02)
-    deadline = time.monotonic() + 5
-    while _in_flight(server.url) > 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.2)  # the handler logs right after it lets go of the request
+            wait_until(lambda: _in_flight(server.url) >= 1, 10, "the abandoned upload in flight")
+    wait_until(lambda: _in_flight(server.url) == 0, 10, "the abandoned uploads let go")
+    wait_until(  # the handler logs right after it lets go of the request
+        lambda: server.process.log()[seen:].count("POST /predict 499") >= 3,
+        10,
+        "three access lines of abandoned uploads (499)",
+    )
     new = server.process.log()[seen:]
     assert "Traceback" not in new and "unhandled error" not in new, new[-2000:]
 

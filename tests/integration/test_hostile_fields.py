@@ -8,8 +8,7 @@ traceback reaches the log; every log line stays one line, in text and in JSON.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import httpx
@@ -19,16 +18,10 @@ import pytest
 from tests.support.harness import ADMIN, model_entry, png, save_random_weights, write_config
 from tests.support.loadgen import PNG
 from tests.support.serving import ServerProcess
+from tests.support.waiting import wait_until
 
 ARCH = "tests.support.archs:pooled"
 FORGED = "m\n2026-01-01 00:00:00,000 INFO service.audit [-] reload m success\x1b[2J"
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _server(tmp_path_factory: pytest.TempPathFactory, log_format: str) -> Iterator[ServerProcess]:

@@ -167,7 +167,7 @@ async def test_batch_size_shows_real_batching_and_queue_depth_under_load(
         in_flight = max(in_flight, scrape.value("model_serve_in_flight_requests", model="m"))
         if all(task.done() for task in requests):
             break
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the sampling interval of this scrape loop
     answers = await asyncio.gather(*requests)
     after = await _scrape(client)
     assert [a.status_code for a in answers] == [200] * 24

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import pickle
 from collections.abc import Callable, Iterator
@@ -22,10 +23,12 @@ import pytest
 import torch
 
 import service.checkpoints.loading
+import service.checkpoints.watcher
 from service.checkpoints.watcher import watch_checkpoint
 from tests.support.harness import ADMIN, model_entry, png, save_random_weights, serving, write_config
 from tests.support.loadgen import PNG, Load, file_version, matches, reference_scores, wait_until
 from tests.support.serving import ServerProcess
+from tests.support.waiting import await_until
 
 ARCH = "tests.support.archs:slow_classifier"
 ARGS = {"delay_s": 0.003, "in_channels": 1, "num_classes": 3}
@@ -441,28 +444,33 @@ async def _predict(client: httpx.AsyncClient, image: int) -> dict[str, Any]:
 
 
 @pytest.mark.anyio
-async def test_watcher_survives_a_file_it_cannot_read(tmp_path: Path) -> None:
+async def test_watcher_survives_a_file_it_cannot_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """A watched path that briefly is not a readable file must not end the watch."""
     path = tmp_path / "w.pt"
     path.write_bytes(b"one")
     reloaded: list[bytes] = []
+    looks: list[Path] = []
+    stamp = service.checkpoints.watcher._stamp
+    monkeypatch.setattr(service.checkpoints.watcher, "_stamp", lambda p: looks.append(p) or stamp(p))
 
     async def reload(changed: Path) -> object:
         reloaded.append(changed.read_bytes())
         return None
 
+    caplog.set_level(logging.ERROR, logger="service.checkpoints.watcher")
     task = asyncio.create_task(watch_checkpoint(path, lambda: "serving", reload, 0.02))
     try:
-        await asyncio.sleep(0.1)
+        await await_until(lambda: bool(looks), 10, "the watcher's first look at the file")
         path.unlink()
         path.mkdir()  # e.g. a volume remounted, or a botched deploy: stat works, reading fails
-        await asyncio.sleep(0.2)
+        await await_until(
+            lambda: "cannot be read" in caplog.text or task.done(), 10, "the watcher finding a directory"
+        )
         path.rmdir()
         path.write_bytes(b"two")
-        for _ in range(100):
-            if reloaded or task.done():
-                break
-            await asyncio.sleep(0.02)
+        await await_until(lambda: bool(reloaded) or task.done(), 10, "the watcher reloading the new file")
         assert not task.done(), f"the watcher stopped: {task.exception()!r}"
         assert reloaded == [b"two"]
     finally:

@@ -152,7 +152,7 @@ def test_v2_answers_through_reloads_never_fail_or_mix_versions(reloading: Reload
                 stop.set()
                 return
             swap += 1
-            time.sleep(RELOAD_EVERY_S)
+            time.sleep(RELOAD_EVERY_S)  # pacing: reloads spread over the load, not a wait
 
     swapping = threading.Thread(target=reloader, daemon=True)
     swapping.start()

@@ -18,19 +18,10 @@ from typing import Any
 import httpx
 
 from tests.support.reference import class_probabilities, preprocess
+from tests.support.waiting import wait_until as wait_until  # where real-server tests found it
 
 PNG = {"Content-Type": "image/png"}
 Send = Callable[[httpx.Client, int], httpx.Response]
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Polls ``condition`` until it holds; fails the test naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
 def arrived_and_in_flight(url: str, model: str) -> tuple[float, float]:

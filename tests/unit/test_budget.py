@@ -11,6 +11,7 @@ import pytest
 from service.config import ServerSpec, build_config
 from service.errors import ConfigError, QueueFull, TooLarge
 from service.pipeline.budget import Budget
+from tests.support.waiting import await_until
 
 
 @pytest.fixture
@@ -116,7 +117,7 @@ async def test_concurrent_requests_on_the_loop_share_the_capacity() -> None:
             outcomes.append("refused")
 
     tasks = [asyncio.create_task(request()) for _ in range(5)]
-    await asyncio.sleep(0)  # every task reaches its reservation
+    await await_until(lambda: len(outcomes) == 5, 5, "every task reaching its reservation")
     assert sorted(outcomes) == ["admitted"] * 3 + ["refused"] * 2
     gate.set()
     await asyncio.gather(*tasks)

@@ -6,7 +6,6 @@ import io
 import json
 import logging
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -22,6 +21,7 @@ from service.ops.logs import (
     TextFormatter,
     configure_logging,
 )
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -176,9 +176,7 @@ def test_batched_lines_are_written_within_the_interval_or_when_the_batch_is_full
     stream = io.StringIO()
     writer = LineWriter(stream, interval_s=0.05)
     writer.add("soon\n")
-    deadline = time.monotonic() + 5
-    while not stream.getvalue() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: bool(stream.getvalue()), 5, "the writer's timer writing the batched line")
     assert stream.getvalue() == "soon\n"
     full = io.StringIO()
     small = LineWriter(full, interval_s=30.0, max_pending=10)

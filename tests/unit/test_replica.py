@@ -166,7 +166,7 @@ def test_a_batch_waits_while_wide_batches_hold_every_core() -> None:
     with share.claim() as wide:
         assert wide == 2
         waiting = _claim_in_thread(share, got)
-        time.sleep(0.2)
+        time.sleep(0.2)  # proves an absence (no claim while the cores are held): nothing to wait on
         assert waiting.is_alive() and got == []  # still waiting for a core
         ended = time.monotonic()
     waiting.join(timeout=5)
@@ -260,7 +260,7 @@ class _Waiting(torch.nn.Module):
         if self.busy:
             keep_busy(self.seconds)
         else:
-            time.sleep(self.seconds)
+            time.sleep(self.seconds)  # the model's own work, off its core
         return self.head(x.mean(dim=(2, 3)))
 
 
@@ -295,7 +295,7 @@ def test_a_wait_for_cores_is_no_cost_of_the_batch() -> None:
         with share.claim() as wide:  # another replica's batch on both cores
             assert wide == 2
             waited = replica.submit(version, _jobs(2), TASK)
-            time.sleep(0.3)
+            time.sleep(0.3)  # the wait under test: the batch must not start, nor count it as cost
             assert not waiting.started.is_set()
         measured = waited.result()
     finally:
