@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import os
 import pickle
 from collections.abc import Callable, Iterator
@@ -445,7 +444,7 @@ async def _predict(client: httpx.AsyncClient, image: int) -> dict[str, Any]:
 
 @pytest.mark.anyio
 async def test_watcher_survives_a_file_it_cannot_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A watched path that briefly is not a readable file must not end the watch."""
     path = tmp_path / "w.pt"
@@ -459,14 +458,14 @@ async def test_watcher_survives_a_file_it_cannot_read(
         reloaded.append(changed.read_bytes())
         return None
 
-    caplog.set_level(logging.ERROR, logger="service.checkpoints.watcher")
     task = asyncio.create_task(watch_checkpoint(path, lambda: "serving", reload, 0.02))
     try:
         await await_until(lambda: bool(looks), 10, "the watcher's first look at the file")
         path.unlink()
         path.mkdir()  # e.g. a volume remounted, or a botched deploy: stat works, reading fails
+        seen = len(looks)
         await await_until(
-            lambda: "cannot be read" in caplog.text or task.done(), 10, "the watcher finding a directory"
+            lambda: len(looks) >= seen + 3 or task.done(), 10, "the watcher looking at a directory"
         )
         path.rmdir()
         path.write_bytes(b"two")
