@@ -1,59 +1,63 @@
 """The one checkpoint pipeline, shared by the server and ``inspect``.
 
-read the file whole and verify it (``checkpoint_file``) -> open (``weights_only`` or
-safetensors) -> unwrap -> strip a prefix only if every key then matches -> strict load ->
-report mismatches by name. Nothing here keeps state between calls, so
-a fresh model can be loaded beside a copy that is serving (hot reload).
+find what the path names (``layout``: a file, a DCP folder, a sharded index) -> read and verify
+it (a file whole, ``files``; several files through ``folders``) -> open (``weights_only`` or
+safetensors) -> unwrap (``entries``: EMA first, or ``state_dict_key``) -> strip a prefix only if
+every key then matches -> strict load (half-precision tensors cast once, by ``load_state_dict``)
+-> report mismatches by name. Nothing here keeps state between calls, so a fresh model can be
+loaded beside a copy that is serving (hot reload).
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import pickle
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
+from service.checkpoints.entries import WRAPPER_KEYS, unwrap
 from service.checkpoints.files import (
     WholeFile,
     check_safetensors,
     check_sidecar,
     check_torch_zip,
-    file_sha256,
     read_whole,
 )
+from service.checkpoints.folders import read_layout
+from service.checkpoints.layout import checkpoint_version, find_layout
+from service.checkpoints.raw import CheckpointFormat, RawCheckpoint, StateDict
 from service.errors import CheckpointError
 
-CheckpointFormat = Literal["torch", "safetensors"]
-StateDict = dict[str, torch.Tensor]
+__all__ = [
+    "WRAPPER_KEYS",
+    "KeyMatch",
+    "LoadReport",
+    "RawCheckpoint",
+    "apply_checkpoint",
+    "checkpoint_version",
+    "install",
+    "load_weights",
+    "match_state_dict",
+    "read_checkpoint",
+    "read_verified",
+    "shared_prefixes",
+]
+
 ShapeMismatch = tuple[str, tuple[int, ...], tuple[int, ...]]
 """(model key, shape in the checkpoint, shape in the model)."""
-
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
-"""Keys under which training scripts nest the state dict, in the order they are preferred."""
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
 # torch.save's legacy format starts with torch.serialization.MAGIC_NUMBER pickled (protocol 2).
 _LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 _SHOWN = 5
-
-
-@dataclass(frozen=True)
-class RawCheckpoint:
-    """A checkpoint file opened and unwrapped; ``state_dict`` keys are as saved (prefix intact)."""
-
-    path: Path
-    format: CheckpointFormat
-    wrapper_key: str | None
-    ignored_keys: tuple[str, ...]
-    state_dict: StateDict
-    storage_devices: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -130,16 +134,14 @@ class LoadReport:
     dtypes: tuple[str, ...]
 
 
-def checkpoint_version(path: Path) -> str:
-    """The first 12 hex digits of the file's SHA-256, streamed (regular files only)."""
-    return file_sha256(path)[:12]
-
-
 def read_checkpoint(
     path: Path, *, map_location: torch.device | str = "cpu", trust_pickle: bool = False
 ) -> RawCheckpoint:
-    """``read_verified`` without the version; tensors land on ``map_location``."""
-    return _parse(_read_whole_verified(path), str(map_location), trust_pickle)
+    """``read_verified`` without the version; a file's tensors land on ``map_location``."""
+    layout = find_layout(path)
+    if layout.kind != "file":
+        return read_layout(layout, trust_pickle=trust_pickle)[0]
+    return _parse(_read_whole_verified(layout.main), str(map_location), trust_pickle)
 
 
 def shared_prefixes(keys: Sequence[str]) -> tuple[str, ...]:
@@ -181,15 +183,21 @@ def apply_checkpoint(model: nn.Module, raw: RawCheckpoint) -> KeyMatch:
     return match
 
 
-def read_verified(path: Path, *, trust_pickle: bool = False) -> tuple[RawCheckpoint, str]:
+def read_verified(
+    path: Path, *, trust_pickle: bool = False, state_dict_key: str | None = None
+) -> tuple[RawCheckpoint, str]:
     """The checkpoint read once onto the host, and the version of exactly those bytes.
 
     Every load goes through here (start-up, reload, watch, ``inspect``): the bytes must match
     ``<checkpoint>.sha256`` when it exists, and a torch zip's records their CRC-32s, before
-    anything is unpickled; a file rewritten while it is read is refused.
+    anything is unpickled; a file rewritten while it is read is refused. A folder or index is
+    read by ``folders.read_layout``, with the same promises for each of its files.
     """
-    whole = _read_whole_verified(path)
-    return _parse(whole, "cpu", trust_pickle), whole.version
+    layout = find_layout(path)
+    if layout.kind != "file":
+        return read_layout(layout, trust_pickle=trust_pickle, state_dict_key=state_dict_key)
+    whole = _read_whole_verified(layout.main)
+    return _parse(whole, "cpu", trust_pickle, state_dict_key), whole.version
 
 
 def _read_whole_verified(path: Path) -> WholeFile:
@@ -198,7 +206,9 @@ def _read_whole_verified(path: Path) -> WholeFile:
     return whole
 
 
-def _parse(whole: WholeFile, device: str, trust_pickle: bool) -> RawCheckpoint:
+def _parse(
+    whole: WholeFile, device: str, trust_pickle: bool, state_dict_key: str | None = None
+) -> RawCheckpoint:
     """Check the format's own integrity data, then open and unwrap; tensors land on ``device``."""
     file_format = _sniff(whole)
     if file_format == "safetensors":
@@ -212,8 +222,11 @@ def _parse(whole: WholeFile, device: str, trust_pickle: bool) -> RawCheckpoint:
         if whole.data.startswith(_ZIP_MAGIC):  # the legacy format has no checksums to check
             check_torch_zip(whole)
         loaded, devices = _read_torch(whole, device, trust_pickle)
-    wrapper_key, ignored, state_dict = _unwrap(loaded, whole.path)
-    return RawCheckpoint(whole.path, file_format, wrapper_key, ignored, state_dict, devices)
+    wrapper_key, ignored, state_dict, reason = unwrap(loaded, whole.path, state_dict_key)
+    entries = (wrapper_key, *ignored) if wrapper_key else ()
+    return RawCheckpoint(
+        whole.path, file_format, wrapper_key, ignored, state_dict, devices, entries, reason, (whole.path,)
+    )
 
 
 def install(model: nn.Module, raw: RawCheckpoint, device: torch.device | str) -> KeyMatch:
@@ -225,10 +238,15 @@ def install(model: nn.Module, raw: RawCheckpoint, device: torch.device | str) ->
 
 
 def load_weights(
-    model: nn.Module, path: Path, *, device: torch.device | str = "cpu", trust_pickle: bool = False
+    model: nn.Module,
+    path: Path,
+    *,
+    device: torch.device | str = "cpu",
+    trust_pickle: bool = False,
+    state_dict_key: str | None = None,
 ) -> LoadReport:
     """Load ``path`` into ``model`` on ``device``, eval mode, frozen; touches only ``model``."""
-    raw, version = read_verified(path, trust_pickle=trust_pickle)
+    raw, version = read_verified(path, trust_pickle=trust_pickle, state_dict_key=state_dict_key)
     match = install(model, raw, device)
     return LoadReport(
         path=path,
@@ -271,7 +289,12 @@ def _sniff(whole: WholeFile) -> CheckpointFormat:
 
 
 def _read_torch(whole: WholeFile, device: str, trust_pickle: bool) -> tuple[object, tuple[str, ...]]:
-    """``torch.load`` with ``weights_only``; full unpickling only if the config trusts the file."""
+    """``torch.load`` with ``weights_only``; full unpickling only if the config trusts the file.
+
+    timm saves its training arguments (an ``argparse.Namespace`` of plain values) beside the
+    weights; the Namespace is allowed (process-wide, idempotent: it runs no code), nothing else.
+    """
+    torch.serialization.add_safe_globals([argparse.Namespace])
     try:
         return _torch_load(whole.data, device, weights_only=True)
     except pickle.UnpicklingError:
@@ -319,41 +342,6 @@ def _refusal(whole: WholeFile) -> str:
         "`trust_pickle: true` in the model's config (inspect: --trust-pickle), or re-save it "
         "as a state_dict or .safetensors"
     )
-
-
-def _unwrap(loaded: object, path: Path) -> tuple[str | None, tuple[str, ...], StateDict]:
-    """Find the tensors: the object itself, a known wrapper key, or the one nested tensor dict."""
-    direct = _tensor_dict(loaded)
-    if direct is not None:
-        return None, (), direct
-    if not isinstance(loaded, dict):
-        raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state_dict (a dict of tensors)")
-    found = {key: tensors for key, value in loaded.items() if (tensors := _tensor_dict(value)) is not None}
-    key = next((k for k in WRAPPER_KEYS if k in found), None)
-    if key is None and len(found) == 1:
-        key = next(iter(found))
-    if key is None:
-        top = ", ".join(repr(k) for k in loaded) or "none (an empty dict)"
-        what = (
-            f"several dicts of tensors ({', '.join(map(repr, found))}) and none is named"
-            if found
-            else "no tensors; expected a state_dict or a dict with one of"
-        )
-        raise CheckpointError(f"{path} holds {what} {', '.join(WRAPPER_KEYS)}; top-level keys: {top}")
-    return str(key), tuple(str(k) for k in loaded if k != key), found[key]
-
-
-def _tensor_dict(value: object) -> StateDict | None:
-    """The state dict ``value`` is (kept as is, with its ``_metadata``), or None."""
-    if isinstance(value, nn.Module):  # a whole pickled model, only reachable with trust_pickle
-        return value.state_dict()
-    if (
-        isinstance(value, dict)
-        and value
-        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
-    ):
-        return value
-    return None
 
 
 def _strip(state_dict: StateDict, prefix: str) -> StateDict:
