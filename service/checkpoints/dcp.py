@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
@@ -144,13 +145,22 @@ def _load(layout: Layout, trust_pickle: bool, state_dict: StateDict) -> StateDic
             dcp_load(state_dict, storage_reader=_Reader(layout.folder, trust_pickle), no_dist=True)
     except CheckpointError:
         raise
-    except Exception as exc:  # DCP wraps each rank's failure in CheckpointException
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    except (Exception, CheckpointException) as exc:  # the latter is a BaseException: name it
+        reason = _first_failure(exc)
         raise CheckpointError(
             f"cannot read the model's tensors from DCP checkpoint {layout.path} (a shard truncated "
             f"or corrupt?): {reason}"
         ) from exc
     return state_dict
+
+
+def _first_failure(exc: BaseException) -> str:
+    """The underlying error of a ``CheckpointException`` (it wraps each rank's), else ``exc``'s."""
+    failures = exc.failures if isinstance(exc, CheckpointException) else {}
+    first = next(iter(failures.values()), exc)
+    cause = first[0] if isinstance(first, tuple) else first  # (exception, traceback) per rank
+    text = str(cause).strip()
+    return f"{type(cause).__name__}: {text.splitlines()[0]}" if text else type(cause).__name__
 
 
 def _check_storage(layout: Layout, metadata: Metadata) -> tuple[Path, ...]:
