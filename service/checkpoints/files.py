@@ -95,7 +95,12 @@ def file_sha256(path: Path) -> str:
 
 def check_sidecar(whole: WholeFile) -> None:
     """When ``<checkpoint>.sha256`` exists, the bytes read must have exactly that digest."""
-    sidecar = sidecar_path(whole.path)
+    check_sidecar_digest(whole.path, whole.sha256)
+
+
+def check_sidecar_digest(path: Path, sha256: str) -> None:
+    """When ``<path>.sha256`` exists, ``sha256`` (of the bytes loaded) must be its digest."""
+    sidecar = sidecar_path(path)
     try:
         fd = _open_regular(sidecar)
     except CheckpointError:
@@ -105,10 +110,10 @@ def check_sidecar(whole: WholeFile) -> None:
     with os.fdopen(fd, "rb", buffering=0) as file:
         text = file.read(_SIDECAR_MAX_BYTES).decode("ascii", errors="replace")
     expected = _sidecar_digest(text, sidecar)
-    if expected != whole.sha256:
+    if expected != sha256:
         raise CheckpointError(
-            f"checkpoint {whole.path} does not match {sidecar.name}: the file's SHA-256 is "
-            f"{whole.sha256[:_SHORT]}..., {sidecar.name} says {expected[:_SHORT]}...; the file is "
+            f"checkpoint {path} does not match {sidecar.name}: the file's SHA-256 is "
+            f"{sha256[:_SHORT]}..., {sidecar.name} says {expected[:_SHORT]}...; the file is "
             "incomplete, or the .sha256 belongs to another file. Write the checkpoint first and "
             "its .sha256 last"
         )

@@ -10,14 +10,10 @@ loaded beside a copy that is serving (hot reload).
 
 from __future__ import annotations
 
-import argparse
-import io
-import pickle
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -33,7 +29,9 @@ from service.checkpoints.files import (
 )
 from service.checkpoints.folders import read_layout
 from service.checkpoints.layout import checkpoint_version, find_layout
+from service.checkpoints.mapped import mapped_format, read_mapped
 from service.checkpoints.raw import CheckpointFormat, RawCheckpoint, StateDict
+from service.checkpoints.torch_files import read_torch
 from service.errors import CheckpointError
 
 __all__ = [
@@ -196,6 +194,9 @@ def read_verified(
     layout = find_layout(path)
     if layout.kind != "file":
         return read_layout(layout, trust_pickle=trust_pickle, state_dict_key=state_dict_key)
+    mappable = mapped_format(layout.main)
+    if mappable is not None:
+        return read_mapped(layout.main, mappable, trust_pickle=trust_pickle, state_dict_key=state_dict_key)
     whole = _read_whole_verified(layout.main)
     return _parse(whole, "cpu", trust_pickle, state_dict_key), whole.version
 
@@ -221,7 +222,7 @@ def _parse(
     else:
         if whole.data.startswith(_ZIP_MAGIC):  # the legacy format has no checksums to check
             check_torch_zip(whole)
-        loaded, devices = _read_torch(whole, device, trust_pickle)
+        loaded, devices = read_torch(whole.data, whole.path, device, trust_pickle)
     wrapper_key, ignored, state_dict, reason = unwrap(loaded, whole.path, state_dict_key)
     entries = (wrapper_key, *ignored) if wrapper_key else ()
     return RawCheckpoint(
@@ -285,62 +286,6 @@ def _sniff(whole: WholeFile) -> CheckpointFormat:
     raise CheckpointError(
         f"{path} is not a checkpoint: expected a torch.save file or a .safetensors file, "
         f"but it starts with {head[:8]!r}"
-    )
-
-
-def _read_torch(whole: WholeFile, device: str, trust_pickle: bool) -> tuple[object, tuple[str, ...]]:
-    """``torch.load`` with ``weights_only``; full unpickling only if the config trusts the file.
-
-    timm saves its training arguments (an ``argparse.Namespace`` of plain values) beside the
-    weights; the Namespace is allowed (process-wide, idempotent: it runs no code), nothing else.
-    """
-    torch.serialization.add_safe_globals([argparse.Namespace])
-    try:
-        return _torch_load(whole.data, device, weights_only=True)
-    except pickle.UnpicklingError:
-        if not trust_pickle:
-            raise CheckpointError(_refusal(whole)) from None
-    except Exception as exc:  # torch.load raises many types for corrupt or truncated files
-        raise _unreadable(whole.path, exc, " (truncated or corrupt?)") from exc
-    try:
-        return _torch_load(whole.data, device, weights_only=False)
-    except Exception as exc:  # full unpickling can fail in any way, e.g. a class since renamed
-        raise _unreadable(whole.path, exc, "") from exc
-
-
-def _unreadable(path: Path, exc: Exception, guess: str) -> CheckpointError:
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return CheckpointError(f"cannot read {path} as a torch checkpoint{guess}: {reason}")
-
-
-def _torch_load(data: bytes, device: str, *, weights_only: bool) -> tuple[object, tuple[str, ...]]:
-    """Load, recording each storage's saved location tag while mapping it to ``device``."""
-    tags: dict[str, None] = {}  # an ordered set, local to this call
-
-    def restore(storage: Any, location: str) -> Any:
-        tags.setdefault(location, None)
-        # the registered deserializers move the storage, as a plain map_location would
-        return torch.serialization.default_restore_location(  # type: ignore[no-untyped-call]
-            storage, device
-        )
-
-    # BytesIO shares the bytes (no copy): what is loaded is exactly what was hashed and checked
-    loaded = torch.load(io.BytesIO(data), map_location=restore, weights_only=weights_only)
-    return loaded, tuple(tags)
-
-
-def _refusal(whole: WholeFile) -> str:
-    path = whole.path
-    try:  # a static scan of the pickle's globals: nothing is executed
-        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(whole.data)))
-    except Exception:  # legacy-format files cannot be scanned; the refusal stands without names
-        names = []
-    needs = f" (it references {', '.join(names[:_SHOWN])})" if names else ""
-    return (
-        f"checkpoint {path} needs arbitrary unpickling{needs}, which can run any code, so it "
-        "was refused (only tensors are loaded, weights_only=True). If you trust the file, set "
-        "`trust_pickle: true` in the model's config (inspect: --trust-pickle), or re-save it "
-        "as a state_dict or .safetensors"
     )
 
 

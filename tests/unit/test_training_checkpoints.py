@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -238,3 +239,34 @@ def test_an_index_that_is_not_json_is_refused(tmp_path: Path) -> None:
     index.write_text(json.dumps({"metadata": {}})[:-3])
     with pytest.raises(CheckpointError, match=rf"{index.name} is not a checkpoint index"):
         read_verified(index)
+
+
+# Large single files are mapped, not read whole: the same tensors, version and refusals.
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_mapped_file_loads_as_if_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    from safetensors.torch import save_file
+
+    import service.checkpoints.mapped
+
+    model, _ = trained(seed=19)
+    path = tmp_path / f"m{suffix}"
+    if suffix == ".pt":
+        torch.save({"state_dict": model.state_dict(), "epoch": 1}, path)
+    else:
+        save_file(model.state_dict(), path)
+    whole_raw, whole_version = read_verified(path)
+    monkeypatch.setattr(service.checkpoints.mapped, "MAPPED_BYTES", 1)
+    assert service.checkpoints.mapped.mapped_format(path) == whole_raw.format
+    raw, version = read_verified(path)
+    assert version == whole_version == hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    assert (raw.wrapper_key, raw.ignored_keys) == (whole_raw.wrapper_key, whole_raw.ignored_keys)
+    fresh = _fresh()
+    load_weights(fresh, path)
+    assert _same(fresh, model)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=r"truncated"):
+        read_verified(path)
