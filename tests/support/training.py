@@ -3,7 +3,6 @@ safetensors and .bin with an index, timm-style EMA dicts, AveragedModel, half pr
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Mapping
@@ -14,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as mp
-from safetensors.torch import save_file
+from huggingface_hub import save_torch_state_dict
 from torch import nn
 
 from service.checkpoints.architecture import build_model
@@ -45,22 +44,16 @@ def save_dcp(state: Mapping[str, Any], folder: Path) -> Path:
 
 
 def save_sharded(state_dict: Mapping[str, torch.Tensor], folder: Path, *, kind: str, shards: int = 3) -> Path:
-    """Hugging Face's layout: ``shards`` files and the index naming each tensor's file."""
+    """Hugging Face's own writer (``huggingface_hub.save_torch_state_dict``): about ``shards``
+    files and the index naming each tensor's file; returns the index."""
     folder.mkdir(parents=True, exist_ok=True)
-    keys = list(state_dict)
-    weight_map: dict[str, str] = {}
-    suffix = "safetensors" if kind == "safetensors" else "bin"
-    stem = "model" if kind == "safetensors" else "pytorch_model"
-    for number in range(shards):
-        name = f"{stem}-{number + 1:05d}-of-{shards:05d}.{suffix}"
-        part = {key: state_dict[key].contiguous() for key in keys[number::shards]}
-        if kind == "safetensors":
-            save_file(part, folder / name)
-        else:
-            torch.save(part, folder / name)
-        weight_map.update(dict.fromkeys(part, name))
-    index = folder / f"{stem}.{suffix}.index.json"
-    index.write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+    total = sum(tensor.numel() * tensor.element_size() for tensor in state_dict.values())
+    safetensors = kind == "safetensors"
+    save_torch_state_dict(
+        dict(state_dict), folder, max_shard_size=total // shards + 1, safe_serialization=safetensors
+    )
+    index = folder / ("model.safetensors.index.json" if safetensors else "pytorch_model.bin.index.json")
+    assert index.is_file() and len(list(folder.glob("*-of-*"))) >= 2, "the save must be sharded"
     return index
 
 
