@@ -23,7 +23,6 @@ from fastapi import FastAPI, HTTPException, Request
 from service.checkpoints.architecture import build_model
 from service.checkpoints.loading import load_weights
 from service.config import ModelSpec, ServeConfig, load_config
-from service.doors.render import classification_body, segmentation_body
 from service.images.decode import decode_image
 from service.pipeline.devices import available_cores
 from service.pipeline.replica import DeviceModel
@@ -53,10 +52,9 @@ def predict_one(loaded: NaiveModel, body: bytes, top_k: int, max_pixels: int) ->
     spec = loaded.spec
     jobs = [Job.of_image(decode_image(body, spec.input, max_pixels=max_pixels), Wants(top_k=top_k))]
     with torch.inference_mode():
-        results = task_for(spec).postprocess(loaded.model(loaded.model.normalise(jobs[0].pixels[None])), jobs)
-    if spec.task == "classification":
-        return classification_body(results, spec.labels)
-    return segmentation_body(results)
+        task = task_for(spec)
+        results = task.postprocess(loaded.model(loaded.model.normalise(jobs[0].pixels[None])), jobs)
+    return task.predict_body(results, spec.labels)
 
 
 def create_app(config: ServeConfig) -> FastAPI:

@@ -7,8 +7,6 @@ Models load in the background after the socket opens, so ``/healthz`` answers at
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,11 +28,12 @@ from service.doors.ui import install_ui
 from service.doors.v2.rest import infer_route, infer_target
 from service.doors.v2.rest import router as v2_router
 from service.errors import InvalidParameter, NotFound, ServeError
-from service.lifecycle import Runtime
+from service.lifecycle import Lifecycle
 from service.ops.access import Access, RequestIds
 from service.ops.metrics import Metrics
 from service.pipeline.devices import available_cores
 from service.pipeline.registry import Registry
+from service.pipeline.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +64,15 @@ def create_app(
         admin_token=token,
     )
 
+    lifecycle = Lifecycle(runtime)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await runtime.start(
-            grpc_host=grpc_host, after_load=lambda task: _after_load(task, runtime, on_fatal, on_ready)
-        )
+        await lifecycle.start(grpc_host=grpc_host, on_ready=on_ready, on_fatal=on_fatal)
         try:
             yield
         finally:
-            await runtime.stop()
+            await lifecycle.stop()
 
     app = ServeApp(
         title="model-serve",
@@ -84,38 +83,13 @@ def create_app(
         redoc_url=None,
     )
     app.state.runtime = runtime
+    app.state.lifecycle = lifecycle
     app.request_ids = RequestIds()
     app.include_router(router)
     app.include_router(v2_router)
     install_ui(app)
     _add_error_handlers(app)
     return app
-
-
-def _after_load(
-    task: asyncio.Task[None],
-    runtime: Runtime,
-    on_fatal: Callable[[BaseException], None] | None,
-    on_ready: Callable[[], None] | None,
-) -> None:
-    if task.cancelled():
-        return
-    if task.exception() is None:
-        # torch, FastAPI and the models leave ~400k long-lived objects; a full collection
-        # walks them all (100-200 ms here), a stall every request would feel at random.
-        # Frozen objects are skipped by the collector from now on.
-        gc.collect()
-        gc.freeze()
-        if on_ready is not None:
-            on_ready()
-        return
-    error = task.exception()
-    assert error is not None
-    runtime.startup_error = error
-    if on_fatal is None:
-        log.error("model loading failed; the server cannot become ready: %s", error)
-        return
-    on_fatal(error)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -3,30 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import math
 import resource
-import signal
-import socket
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import torch
 import uvicorn
-from uvicorn.server import HANDLED_SIGNALS
 
 from service.allocator import keep_tensor_memory
 from service.app import create_app
 from service.config import ServeConfig, config_path_from_env, load_config
 from service.doors.http_protocol import PROBE_RESERVE, bounded_protocol, connection_cap
 from service.errors import ServeError
-from service.lifecycle import Runtime
+from service.lifecycle import DrainingServer, shutdown_timeout_s
 from service.ops.logs import configure_logging
 from service.pipeline.devices import available_cores
 
@@ -149,11 +142,10 @@ def serve(config_path: Path | None, *, host: str, port: int, grpc_port: int | st
         access_log=False,
         log_config=None,
         server_header=False,  # "server: uvicorn" tells a scanner which server's flaws to try
-        # a second more than the drain grace: requests still waiting then are answered 503 first
-        timeout_graceful_shutdown=math.ceil(config.server.drain_grace_s) + 1,
+        timeout_graceful_shutdown=shutdown_timeout_s(config.server),
         timeout_keep_alive=limits.keep_alive_timeout_s,
     )
-    server = DrainingServer(uvicorn_config, app.state.runtime)
+    server = DrainingServer(uvicorn_config, app.state.lifecycle)
     server.run()
     if failures:  # after uvicorn's shutdown lines, so that the reason is the last line
         error = failures[0]
@@ -181,61 +173,6 @@ def _raise_descriptor_limit() -> int:
         return 1 << 20
     log.info("open-file limit: %d (hard %d)", soft, hard)
     return soft
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn, but a shutdown signal first turns readiness to 503 (draining), and a line says
-    when the server is ready: listening, and every model warm (in whichever order)."""
-
-    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
-        super().__init__(config)
-        self.runtime = runtime
-        self._listening = False
-        self._loaded = False
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)  # exits the process if it cannot bind
-        self._listening = True
-        self._announce()
-
-    def models_ready(self) -> None:
-        """Called (on the event loop) once every model is loaded and warm."""
-        self._loaded = True
-        self._announce()
-
-    def _announce(self) -> None:
-        if not (self._listening and self._loaded):
-            return
-        host, port = self.servers[0].sockets[0].getsockname()[:2]
-        grpc_port = self.runtime.grpc_port
-        log.info(
-            "ready: serving models %s on http://%s:%d (%s)",
-            sorted(self.runtime.registry.models),
-            f"[{host}]" if ":" in host else host,
-            port,
-            "gRPC off" if grpc_port is None else f"gRPC {grpc_port}",
-        )
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.runtime.draining:
-            grace_s = self.runtime.config.server.drain_grace_s
-            log.info("signal %d: draining in-flight requests (up to %g s)", sig, grace_s)
-            self.runtime.begin_drain()
-        super().handle_exit(sig, frame)
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """uvicorn's handlers, minus its re-raising of the signal once stopped: a drained
-        SIGTERM is a clean exit (status 0), not death by the signal (-15, 143 in a shell)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 def _grpc_port(text: str) -> int | str:

@@ -97,10 +97,14 @@ class BatchingSpec(_Frozen):
         return self.max_delay_ms / 1000.0
 
 
+# The kinds of model; each has its object in ``service.pipeline.tasks``, which owns all that differs.
+TaskName = Literal["classification", "segmentation"]
+
+
 class ModelSpec(_Frozen):
     """One served model: its architecture, checkpoint, input and serving policy."""
 
-    task: Literal["classification", "segmentation"] = Field(
+    task: TaskName = Field(
         "classification", description="classification: top-k labels; segmentation: a class-index mask"
     )
     architecture: str = Field(

@@ -17,7 +17,7 @@ from service.config import ServeConfig, build_config, cache_dir
 
 log = logging.getLogger(__name__)
 
-# Measured here (README, Benchmark): the digits model runs fastest in big batches on one
+# Measured here (docs/benchmark.md): the digits model runs fastest in big batches on one
 # single-threaded replica (its event loop needs the other core); the U-Net gains little past
 # batches of 4 and takes the CPU default, a replica per core sharing the cores.
 _SERVING: dict[str, dict[str, Any]] = {

@@ -1,9 +1,14 @@
-"""Domain errors: each carries the contract's error code, HTTP status and a message that says what to do.
+"""Domain errors, and the one table of what each kind is answered with on every door.
 
-One handler in ``app.py`` turns any of them into ``{"error": {"code", "message"}}``.
+Each class is a row: its ``code`` and ``status`` (the HTTP door's body and status), its
+``grpc_code`` (the name of the ``grpc.StatusCode`` the gRPC door aborts with) and, through
+``v2_body``, the Open Inference Protocol's body. Every message says what to do. The doors read
+these rows; none keeps a mapping of its own.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class ServeError(Exception):
@@ -11,6 +16,7 @@ class ServeError(Exception):
 
     code = "internal_error"
     status = 500
+    grpc_code = "INTERNAL"
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -30,6 +36,7 @@ class CheckpointError(ServeError):
 
     code = "checkpoint_error"
     status = 422
+    grpc_code = "INVALID_ARGUMENT"
 
 
 class BadImage(ServeError):
@@ -37,6 +44,7 @@ class BadImage(ServeError):
 
     code = "bad_image"
     status = 400
+    grpc_code = "INVALID_ARGUMENT"
 
 
 class Unauthorized(ServeError):
@@ -44,6 +52,7 @@ class Unauthorized(ServeError):
 
     code = "unauthorized"
     status = 401
+    grpc_code = "UNAUTHENTICATED"
 
 
 class Forbidden(ServeError):
@@ -51,6 +60,7 @@ class Forbidden(ServeError):
 
     code = "forbidden"
     status = 403
+    grpc_code = "PERMISSION_DENIED"
 
 
 class SlowUpload(ServeError):
@@ -58,6 +68,7 @@ class SlowUpload(ServeError):
 
     code = "request_timeout"
     status = 408
+    grpc_code = "DEADLINE_EXCEEDED"
 
 
 class NotFound(ServeError):
@@ -65,6 +76,7 @@ class NotFound(ServeError):
 
     code = "not_found"
     status = 404
+    grpc_code = "NOT_FOUND"
 
 
 class TooLarge(ServeError):
@@ -72,6 +84,7 @@ class TooLarge(ServeError):
 
     code = "too_large"
     status = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
 
 
 class UnsupportedMediaType(ServeError):
@@ -79,6 +92,7 @@ class UnsupportedMediaType(ServeError):
 
     code = "unsupported_media_type"
     status = 415
+    grpc_code = "INVALID_ARGUMENT"
 
 
 class InvalidParameter(ServeError):
@@ -86,6 +100,7 @@ class InvalidParameter(ServeError):
 
     code = "invalid_parameter"
     status = 422
+    grpc_code = "INVALID_ARGUMENT"
 
 
 class QueueFull(ServeError):
@@ -93,6 +108,7 @@ class QueueFull(ServeError):
 
     code = "queue_full"
     status = 503
+    grpc_code = "UNAVAILABLE"
 
 
 class NotReady(ServeError):
@@ -100,6 +116,7 @@ class NotReady(ServeError):
 
     code = "not_ready"
     status = 503
+    grpc_code = "UNAVAILABLE"
 
 
 class PredictionTimeout(ServeError):
@@ -107,6 +124,7 @@ class PredictionTimeout(ServeError):
 
     code = "timeout"
     status = 504
+    grpc_code = "DEADLINE_EXCEEDED"
 
 
 class ClientGone(ServeError):
@@ -114,6 +132,7 @@ class ClientGone(ServeError):
 
     code = "client_closed_request"
     status = 499
+    grpc_code = "CANCELLED"
 
 
 class InferenceFailed(ServeError):
@@ -134,3 +153,14 @@ class BadRequest(ServeError):
 
     code = "bad_request"
     status = 400
+    grpc_code = "INVALID_ARGUMENT"
+
+
+def http_body(error: ServeError) -> dict[str, Any]:
+    """The HTTP API's error body (``/predict``, admin and probe routes)."""
+    return {"error": {"code": error.code, "message": error.message}}
+
+
+def v2_body(error: ServeError) -> dict[str, Any]:
+    """The Open Inference Protocol's error body: the message alone."""
+    return {"error": error.message}

@@ -75,7 +75,7 @@ def _summarise(raw: RawCheckpoint, version: str, out: TextIO) -> None:
         ("dtypes", ", ".join(f"{name} x{count}" for name, count in sorted(dtypes.items()))),
         ("tensors", str(len(tensors))),
         # every tensor's elements: the file cannot tell parameters from buffers (BatchNorm's
-        # running statistics), so they are counted too; the README's "parameter count"
+        # running statistics), so they are counted too (docs/checkpoints.md explains both counts)
         ("parameters", f"{sum(tensor.numel() for tensor in tensors.values()):,} (buffers included)"),
     ]
     for label, value in rows:
@@ -114,7 +114,7 @@ def _check_architecture(
         file=out,
     )
     try:
-        apply_checkpoint(model, raw)
+        apply_checkpoint(model, raw, architecture=architecture)
     except CheckpointError as exc:
         print(exc.message, file=out)
         print(f"FAIL: does not load into {architecture}", file=out)

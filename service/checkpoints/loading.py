@@ -169,15 +169,17 @@ def match_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -
     return KeyMatch(prefix, (), (), _shapes(state_dict, prefix, wanted))
 
 
-def apply_checkpoint(model: nn.Module, raw: RawCheckpoint) -> KeyMatch:
-    """Strictly load ``raw`` into ``model``; raises ``CheckpointError`` naming any mismatch."""
+def apply_checkpoint(model: nn.Module, raw: RawCheckpoint, *, architecture: str | None = None) -> KeyMatch:
+    """Strictly load ``raw`` into ``model``; raises ``CheckpointError`` naming any mismatch and
+    the architecture as configured (``module:callable``; else the model's class)."""
+    target = architecture or type(model).__name__
     match = match_state_dict(raw.state_dict, model)
     if not match.ok:
-        raise CheckpointError(f"{raw.path} does not load into {type(model).__name__}:\n{match.describe()}")
+        raise CheckpointError(f"{raw.path} does not load into {target}:\n{match.describe()}")
     try:
         model.load_state_dict(_strip(raw.state_dict, match.stripped_prefix), strict=True)
     except RuntimeError as exc:  # e.g. a module's own _load_from_state_dict migration refusing
-        raise CheckpointError(f"{raw.path} does not load into {type(model).__name__}: {exc}") from exc
+        raise CheckpointError(f"{raw.path} does not load into {target}: {exc}") from exc
     return match
 
 
@@ -230,10 +232,12 @@ def _parse(
     )
 
 
-def install(model: nn.Module, raw: RawCheckpoint, device: torch.device | str) -> KeyMatch:
+def install(
+    model: nn.Module, raw: RawCheckpoint, device: torch.device | str, *, architecture: str | None = None
+) -> KeyMatch:
     """``model`` on ``device`` with ``raw``'s weights (strict), in eval mode, frozen."""
     model.to(device)
-    match = apply_checkpoint(model, raw)
+    match = apply_checkpoint(model, raw, architecture=architecture)
     model.eval().requires_grad_(False)
     return match
 

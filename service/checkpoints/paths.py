@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from service.checkpoints.layout import find_layout, members
-from service.errors import Forbidden, NotFound
+from service.errors import Forbidden, InvalidParameter, NotFound
 
 
 def resolve_checkpoint(root: Path, requested: str) -> Path:
@@ -14,6 +14,10 @@ def resolve_checkpoint(root: Path, requested: str) -> Path:
     Refuses ``..`` components, absolute paths elsewhere, and links that lead out of ``root``,
     also from a folder's or index's shards.
     """
+    if not requested.strip():
+        raise InvalidParameter(
+            "the checkpoint path is empty; leave 'checkpoint' out to re-read the configured file"
+        )
     if "\x00" in requested:
         raise Forbidden("the checkpoint path contains a NUL byte")
     candidate = PurePosixPath(requested)

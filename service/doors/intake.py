@@ -7,14 +7,15 @@ bounded in parts.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from contextlib import ExitStack
+import asyncio
+from collections.abc import AsyncGenerator, Callable
 from urllib.parse import parse_qsl
 
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from service.doors.http_protocol import CONNECTION_WATCH
 from service.errors import (
     BadImage,
     ClientGone,
@@ -22,25 +23,25 @@ from service.errors import (
     TooLarge,
     UnsupportedMediaType,
 )
-from service.pipeline.budget import Budget
+from service.pipeline.call import Departure
 
 MAX_TOP_K = 1000
 IMAGE_TYPES = "image/png, image/jpeg, image/webp, image/bmp, image/gif, image/tiff"
 
 
-async def read_body(request: Request, limit: int, budget: Budget, held: ExitStack) -> bytes:
+async def read_body(request: Request, limit: int, hold: Callable[[int], None]) -> bytes:
     """The whole body, or ``TooLarge`` as soon as it passes ``limit`` bytes (the caller bounds
     the time: a client trickling bytes would hold a connection and memory).
 
-    Its bytes are reserved on the process-wide ``budget`` before they are held (a declared
-    length at once, a chunked body chunk by chunk), until ``held`` closes."""
+    Its bytes are reserved with ``hold`` (``Call.hold_body``: the process-wide budget) before
+    they are held: a declared length at once, a chunked body chunk by chunk."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):  # "²".isdigit(), yet int("²") fails
             raise BadImage(f"Content-Length {declared!r} is not a number")
         if int(declared) > limit:
             raise TooLarge(f"the body is {declared} bytes; at most {limit} are accepted")
-        held.enter_context(budget.reserve(int(declared)))
+        hold(int(declared))
     chunks: list[bytes] = []
     size = 0
     more = True
@@ -54,7 +55,7 @@ async def read_body(request: Request, limit: int, budget: Budget, held: ExitStac
         if size > limit:
             raise TooLarge(f"the body is over the limit of {limit} bytes")
         if declared is None and chunk:
-            held.enter_context(budget.reserve(len(chunk)))
+            hold(len(chunk))
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
@@ -119,3 +120,38 @@ def parse_top_k(raw: str | None, default: int = 5) -> int:
     if not 1 <= value <= MAX_TOP_K:
         raise InvalidParameter(f"top_k must be between 1 and {MAX_TOP_K}, got {value}")
     return value
+
+
+def departure_of(request: Request) -> Departure:
+    """How the request's client is seen to leave: its connection's watch where the server has
+    one (model-serve's own protocol), else a task that waits on ``receive()`` while watched."""
+    watch: Departure | None = (request.scope.get("extensions") or {}).get(CONNECTION_WATCH)
+    return watch if watch is not None else _ReceiveWatch(request)
+
+
+class _ReceiveWatch:
+    """A ``Departure`` for servers without a connection watch: ``http.disconnect`` on receive."""
+
+    def __init__(self, request: Request) -> None:
+        self.lost = False
+        self._request = request
+        self._callbacks: set[Callable[[], None]] = set()
+        self._waiter: asyncio.Task[None] | None = None
+
+    def add(self, callback: Callable[[], None]) -> None:
+        self._callbacks.add(callback)
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_task(self._wait())
+
+    def discard(self, callback: Callable[[], None]) -> None:
+        self._callbacks.discard(callback)
+        if not self._callbacks and self._waiter is not None:
+            self._waiter.cancel()
+            self._waiter = None
+
+    async def _wait(self) -> None:
+        message = await self._request.receive()
+        if message["type"] == "http.disconnect":
+            self.lost = True
+            for callback in list(self._callbacks):
+                callback()

@@ -4,9 +4,7 @@ route -> decode (worker pool) -> batcher -> replica -> postprocess -> response.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-from contextlib import ExitStack
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -17,20 +15,19 @@ from starlette.responses import Response
 
 from service.checkpoints.paths import resolve_checkpoint
 from service.doors import schemas
-from service.doors.http_protocol import CONNECTION_WATCH
-from service.doors.intake import image_blobs, parse_top_k, query_values, read_body
-from service.doors.render import classification_body, error_response, json_response, segmentation_body
+from service.doors.intake import departure_of, image_blobs, parse_top_k, query_values, read_body
+from service.doors.render import error_response, json_response
 from service.errors import (
-    ClientGone,
     InvalidParameter,
     NotReady,
     ServeError,
     Unauthorized,
 )
-from service.lifecycle import Runtime
 from service.ops.access import note_model
 from service.ops.audit import audit, outcome_of
-from service.pipeline.served import ServedModel, accounted, deadline
+from service.pipeline.call import Call, accounted
+from service.pipeline.runtime import Runtime
+from service.pipeline.served import ServedModel
 from service.pipeline.tasks import Wants
 
 router = APIRouter()
@@ -76,71 +73,27 @@ router.add_api_route(
 async def _predict(
     runtime: Runtime, request: Request, query: dict[str, str], served: ServedModel
 ) -> Response:
-    version = runtime.admit(served)
+    call = Call(runtime, served, departure=departure_of(request))
     wants = Wants(top_k=parse_top_k(query.get("top_k")))
-    server = runtime.config.server
-    async with deadline(server) as timer:
-        with ExitStack() as held:  # the body's bytes stay reserved until the answer
-            body = await read_body(request, server.max_body_bytes, runtime.body_budget, held)
-            timer.uploaded()
-            blobs = await image_blobs(request, body, max_images=server.max_images_per_request)
-            jobs = await served.prepare(blobs, wants)
-            outputs = await _await_outputs(served.submit(jobs, version), request)
-    return _render(served, version.version, outputs, request)
+    async with call:
+        body = await read_body(request, call.limits.max_body_bytes, call.hold_body)
+        call.uploaded()
+        blobs = await image_blobs(request, body, max_images=call.limits.max_images_per_request)
+        outputs = await call.run(await served.prepare(blobs, wants))
+    return _render(served, call.pinned.version, outputs, request)
 
 
 def _render(served: ServedModel, version: str, outputs: list[Any], request: Request) -> Response:
-    if served.spec.task == "classification":
-        return _prediction_response(served, version, classification_body(outputs, served.spec.labels))
-    if len(outputs) == 1 and "image/png" in request.headers.get("accept", ""):
+    """The task's PNG where the client accepts one and the task has it, else its JSON body."""
+    png = served.task.png_answer(outputs) if "image/png" in request.headers.get("accept", "") else None
+    if png is not None:
         return Response(
-            outputs[0].png,
-            media_type="image/png",
-            headers={"X-Model": served.name, "X-Model-Version": version},
+            png, media_type="image/png", headers={"X-Model": served.name, "X-Model-Version": version}
         )
-    return _prediction_response(served, version, segmentation_body(outputs))
-
-
-def _prediction_response(served: ServedModel, version: str, predictions: list[Any]) -> Response:
+    predictions = served.task.predict_body(outputs, served.spec.labels)
     return json_response(
-        {"model": served.name, "version": version, "task": served.spec.task, "predictions": predictions}
+        {"model": served.name, "version": version, "task": served.task.name, "predictions": predictions}
     )
-
-
-async def _await_outputs(future: asyncio.Future[list[Any]], request: Request) -> list[Any]:
-    """The batch outputs, or ``ClientGone`` if the client hung up (its images are then skipped:
-    the batcher drops items whose future is done). The connection's watch tells, where the
-    server has one (model-serve's own protocol); elsewhere a task waits on ``receive()``."""
-    watch = (request.scope.get("extensions") or {}).get(CONNECTION_WATCH)
-    if watch is None:
-        return await _await_watching_receive(future, request)
-    if watch.lost:
-        future.cancel()
-        raise ClientGone("the client disconnected")
-
-    def gone() -> None:
-        if not future.done():
-            future.set_exception(ClientGone("the client disconnected"))
-
-    watch.add(gone)
-    try:
-        return await future
-    finally:
-        watch.discard(gone)
-
-
-async def _await_watching_receive(future: asyncio.Future[list[Any]], request: Request) -> list[Any]:
-    watcher = asyncio.get_running_loop().create_task(_watch_disconnect(request, future))
-    try:
-        return await future
-    finally:
-        watcher.cancel()
-
-
-async def _watch_disconnect(request: Request, future: asyncio.Future[list[Any]]) -> None:
-    message = await request.receive()
-    if message["type"] == "http.disconnect" and not future.done():
-        future.set_exception(ClientGone("the client disconnected"))
 
 
 @router.get("/models", summary="Loaded models", response_model=schemas.ModelList)
@@ -175,13 +128,19 @@ async def require_admin(
     raise error
 
 
+# What every admin route shares: the token check, the answer's schema and its refusals.
+_ADMIN_ROUTE: dict[str, Any] = {
+    "response_model": schemas.ReloadAnswer,
+    "dependencies": [Depends(require_admin)],
+    "responses": schemas.ADMIN_RESPONSES,
+}
+
+
 @router.post(
     "/models/{name}/reload",
     summary="Hot-reload a model's checkpoint",
-    response_model=schemas.ReloadAnswer,
-    dependencies=[Depends(require_admin)],
-    responses=schemas.ADMIN_RESPONSES,
     openapi_extra=schemas.RELOAD_OPENAPI,
+    **_ADMIN_ROUTE,
 )
 async def reload_model(name: str, request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     note_model(name)
@@ -189,7 +148,11 @@ async def reload_model(name: str, request: Request, runtime: RuntimeDep) -> dict
     try:
         served = runtime.registry.get(name)
         asked = (await _reload_request(request)).checkpoint
-        path = resolve_checkpoint(runtime.config.checkpoint_root, asked) if asked else served.spec.checkpoint
+        path = (
+            served.spec.checkpoint
+            if asked is None
+            else resolve_checkpoint(runtime.config.checkpoint_root, asked)
+        )
         previous, version, changed = await runtime.registry.reload(name, path)
     except Exception as error:
         _audit_refusal(request, error, asked)
@@ -221,13 +184,7 @@ async def _reload_request(request: Request) -> schemas.ReloadRequest:
         ) from None
 
 
-@router.post(
-    "/models/{name}/rollback",
-    summary="Restore the previous version",
-    response_model=schemas.ReloadAnswer,
-    dependencies=[Depends(require_admin)],
-    responses=schemas.ADMIN_RESPONSES,
-)
+@router.post("/models/{name}/rollback", summary="Restore the previous version", **_ADMIN_ROUTE)
 async def rollback_model(name: str, request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     note_model(name)
     try:

@@ -6,10 +6,12 @@ the tests check the served answers against them.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+
+from service.config import TaskName
 
 
 class ErrorDetail(BaseModel):
@@ -41,7 +43,7 @@ class SegmentationPrediction(BaseModel):
 class PredictResponse(BaseModel):
     model: str
     version: str = Field(description="first 12 hex digits of the checkpoint's SHA-256")
-    task: Literal["classification", "segmentation"]
+    task: TaskName
     predictions: list[ClassPrediction] | list[SegmentationPrediction]
 
 
@@ -53,7 +55,8 @@ class ReplicaInfo(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    task: str
+    task: TaskName
+    playground: dict[str, bool] = Field(description="what the playground's form offers: top_k, mask")
     version: str | None
     previous_version: str | None
     architecture: str
@@ -160,29 +163,29 @@ RAW_IMAGE_TYPES = (
     "application/octet-stream",
 )
 
+def parameter(name: str, where: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """An OpenAPI parameter of a route that reads its own request (path ones are required)."""
+    required = where == "path"
+    return {"name": name, "in": where, "required": required, "schema": schema, "description": description}
+
+
 PREDICT_OPENAPI: dict[str, Any] = {
     "parameters": [
-        {
-            "name": "model",
-            "in": "query",
-            "required": False,
-            "schema": {"type": "string"},
-            "description": "model name; default: the configured default model",
-        },
-        {
-            "name": "top_k",
-            "in": "query",
-            "required": False,
-            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
-            "description": "classification: how many classes to return per image",
-        },
-        {
-            "name": "Accept",
-            "in": "header",
-            "required": False,
-            "schema": {"type": "string"},
-            "description": "image/png: a segmentation of one image answers with the mask PNG",
-        },
+        parameter(
+            "model", "query", {"type": "string"}, "model name; default: the configured default model"
+        ),
+        parameter(
+            "top_k",
+            "query",
+            {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
+            "classification: how many classes to return per image",
+        ),
+        parameter(
+            "Accept",
+            "header",
+            {"type": "string"},
+            "image/png: a segmentation of one image answers with the mask PNG",
+        ),
     ],
     "requestBody": {
         "required": True,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any
 
-from service.ops.logs import REQUEST_ID
+from service.ops.logs import REQUEST_ID, escaped
 
 log = logging.getLogger("service.access")
 _CURRENT: ContextVar[Access | None] = ContextVar("access", default=None)
@@ -116,7 +116,7 @@ class Access:
     @property
     def shown_path(self) -> str:
         """The path, escaped when it holds control characters (a forged line break)."""
-        return self.path if self.path.isprintable() else self.path.encode("unicode_escape").decode()
+        return escaped(self.path)
 
 
 def note_model(model: str, version: str | None = None) -> None:
@@ -126,6 +126,14 @@ def note_model(model: str, version: str | None = None) -> None:
         access.model = model
         if version is not None:
             access.version = version
+
+
+def note_status(status: int) -> None:
+    """Records on the current request's access line the HTTP status its answer stands for
+    (a gRPC door that aborts with an error notes the error's own status before the code)."""
+    access = _CURRENT.get()
+    if access is not None:
+        access.status = status
 
 
 class RequestIds:

@@ -8,7 +8,7 @@ label lookup.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from prometheus_client import (
@@ -37,98 +37,77 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = Counter(
-            f"{PREFIX}requests", "Requests answered, by model and HTTP status.", ["model", "code"], registry=r
+        self.requests = self._counter(
+            "requests", "Requests answered, by model and HTTP status.", ["model", "code"]
         )
-        self.request_duration = Histogram(
-            f"{PREFIX}request_duration_seconds",
-            "Time from request start to answer.",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        self.request_duration = self._seconds(
+            "request_duration_seconds", "Time from request start to answer.", ["model"]
         )
-        self.batch_size = Histogram(
-            f"{PREFIX}batch_size", "Images per forward.", ["model"], buckets=_BATCH_BUCKETS, registry=r
+        self.batch_size = self._histogram(
+            "batch_size", "Images per forward.", ["model"], buckets=_BATCH_BUCKETS
         )
-        self.batch_cap = Gauge(
-            f"{PREFIX}batch_cap",
+        self.batch_cap = self._gauge(
+            "batch_cap",
             "The most images one batch takes now: the measured best size (batching.adaptive), "
             "at most batching.max_batch_size.",
             ["model"],
-            registry=r,
         )
-        self.queue_depth = Gauge(
-            f"{PREFIX}queue_depth", "Images waiting for a replica.", ["model"], registry=r
-        )
-        self.queue_capacity = Gauge(
-            f"{PREFIX}queue_capacity",
+        self.queue_depth = self._gauge("queue_depth", "Images waiting for a replica.", ["model"])
+        self.queue_capacity = self._gauge(
+            "queue_capacity",
             "Images the queue holds before answering 503 queue_full (batching.max_queue_size).",
             ["model"],
-            registry=r,
         )
-        self.in_flight = Gauge(
-            f"{PREFIX}in_flight_requests", "Predict requests being handled.", ["model"], registry=r
+        self.in_flight = self._gauge("in_flight_requests", "Predict requests being handled.", ["model"])
+        self.inference_duration = self._seconds(
+            "inference_duration_seconds", "Forward plus postprocess time of one batch.", ["model", "device"]
         )
-        self.inference_duration = Histogram(
-            f"{PREFIX}inference_duration_seconds",
-            "Forward plus postprocess time of one batch.",
-            ["model", "device"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        self.queue_wait = self._seconds(
+            "queue_wait_seconds", "Time a batch's oldest image waited for a replica.", ["model"]
         )
-        self.queue_wait = Histogram(
-            f"{PREFIX}queue_wait_seconds",
-            "Time a batch's oldest image waited for a replica.",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.decode_duration = Histogram(
-            f"{PREFIX}decode_duration_seconds",
+        self.decode_duration = self._seconds(
+            "decode_duration_seconds",
             "Time to open and decode one request's images (inline when tiny, else in the worker pool).",
             ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
         )
-        self.images_per_request = Histogram(
-            f"{PREFIX}images_per_request",
-            "Images in one predict request.",
-            ["model"],
-            buckets=_BATCH_BUCKETS,
-            registry=r,
+        self.images_per_request = self._histogram(
+            "images_per_request", "Images in one predict request.", ["model"], buckets=_BATCH_BUCKETS
         )
-        self.rejected = Counter(
-            f"{PREFIX}rejected_requests",
-            "Requests refused before inference, by reason.",
-            ["model", "reason"],
-            registry=r,
+        self.rejected = self._counter(
+            "rejected_requests", "Requests refused before inference, by reason.", ["model", "reason"]
         )
-        self.failed_batches = Counter(
-            f"{PREFIX}failed_batches",
+        self.failed_batches = self._counter(
+            "failed_batches",
             "Batches whose forward or postprocess failed (their requests answered 5xx), by reason.",
             ["model", "reason"],
-            registry=r,
         )
-        self.model_info = Gauge(
-            f"{PREFIX}model_info",
-            "The version serving each model (value 1).",
-            ["model", "version", "architecture"],
-            registry=r,
+        self.model_info = self._gauge(
+            "model_info", "The version serving each model (value 1).", ["model", "version", "architecture"]
         )
-        self.reloads = Counter(
-            f"{PREFIX}reloads", "Hot reloads and rollbacks, by outcome.", ["model", "outcome"], registry=r
+        self.reloads = self._counter(
+            "reloads", "Hot reloads and rollbacks, by outcome.", ["model", "outcome"]
         )
-        self.load_duration = Gauge(
-            f"{PREFIX}model_load_duration_seconds",
-            "How long the serving version took to load and warm up.",
-            ["model"],
-            registry=r,
+        self.load_duration = self._gauge(
+            "model_load_duration_seconds", "How long the serving version took to load and warm up.", ["model"]
         )
-        self.ready = Gauge(f"{PREFIX}ready", "1 when every model is loaded and warm, else 0.", registry=r)
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
-        r.register(DeviceMemoryCollector())
+        self.ready = self._gauge("ready", "1 when every model is loaded and warm, else 0.")
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.registry.register(DeviceMemoryCollector())
+
+    def _counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
+        return Counter(PREFIX + name, documentation, labels, registry=self.registry)
+
+    def _gauge(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Gauge:
+        return Gauge(PREFIX + name, documentation, labels, registry=self.registry)
+
+    def _seconds(self, name: str, documentation: str, labels: Sequence[str]) -> Histogram:
+        return self._histogram(name, documentation, labels, buckets=_LATENCY_BUCKETS)
+
+    def _histogram(
+        self, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> Histogram:
+        return Histogram(PREFIX + name, documentation, labels, buckets=buckets, registry=self.registry)
 
     def render(self) -> bytes:
         """The exposition text of every family."""

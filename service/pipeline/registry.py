@@ -32,7 +32,7 @@ from service.pipeline.devices import CoreShare, available_cores, resolve_devices
 from service.pipeline.fold import NotTraceable
 from service.pipeline.replica import DeviceModel, ModelVersion, Replica
 from service.pipeline.served import ServedModel
-from service.pipeline.tasks import Classification, Job, Segmentation, task_for
+from service.pipeline.tasks import Job, task_for
 from service.pipeline.warmup import warm_up
 
 log = logging.getLogger(__name__)
@@ -127,14 +127,18 @@ class Registry:
         served = self.get(name)
         async with served.reload_lock:
             previous = served.active.version if served.active else None
+            shown = _shown(checkpoint, self.config.checkpoint_root)
             try:
                 version = await self._load_and_warm(served, checkpoint, unless=previous)
+            except CheckpointError as exc:
+                self.metrics.reloads.labels(name, "failure").inc()
+                raise CheckpointError(exc.message.replace(str(checkpoint), shown)) from exc
             except ServeError:
                 self.metrics.reloads.labels(name, "failure").inc()
                 raise
             except Exception as exc:
                 self.metrics.reloads.labels(name, "failure").inc()
-                raise CheckpointError(f"{checkpoint.name} failed: {type(exc).__name__}: {exc}") from exc
+                raise CheckpointError(f"{shown} failed: {type(exc).__name__}: {exc}") from exc
             if version is None:
                 self.metrics.reloads.labels(name, "unchanged").inc()
                 assert previous is not None
@@ -222,7 +226,7 @@ class Registry:
             version,
             loaded_at=time.time(),
             load_seconds=time.monotonic() - started,
-            classes=_classes(results[0]),
+            classes=served.task.classes(results[0]),
         )
 
     def _activate(self, served: ServedModel, version: ModelVersion) -> None:
@@ -280,7 +284,7 @@ def _load_version(
     device_models = []
     for replica in replicas:
         module = build_model(spec.architecture, spec.init_args)
-        install(module, raw, replica.device)
+        install(module, raw, replica.device, architecture=spec.architecture)
         try:
             device_models.append(DeviceModel(module, spec, replica.device))
         except NotTraceable as exc:
@@ -288,8 +292,7 @@ def _load_version(
     return ModelVersion(version, checkpoint, time.time(), time.monotonic() - started, tuple(device_models))
 
 
-def _classes(result: Classification | Segmentation) -> int:
-    if isinstance(result, Segmentation):
-        return len(result.class_pixel_counts)
-    assert result.probabilities is not None  # the warm-up asks for them
-    return len(result.probabilities)
+def _shown(checkpoint: Path, root: Path) -> str:
+    """How a reload's answer names its file: the path under ``checkpoint_root`` (the one a
+    client sends), else the file's name; never the server's own absolute path."""
+    return checkpoint.relative_to(root).as_posix() if checkpoint.is_relative_to(root) else checkpoint.name

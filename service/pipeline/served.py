@@ -13,12 +13,11 @@ import asyncio
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from types import TracebackType
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from service.config import ModelSpec, ServerSpec
-from service.errors import NotFound, NotReady, PredictionTimeout, ServeError, SlowUpload
+from service.errors import NotFound, NotReady
 from service.images.decode import Opened, is_tiny, open_image, prepare_image
 from service.ops.metrics import ModelMetrics
 from service.pipeline.batch_cap import BatchCost
@@ -123,7 +122,8 @@ class ServedModel:
         active = self.active
         return {
             "name": self.name,
-            "task": self.spec.task,
+            "task": self.task.name,
+            "playground": asdict(self.task.playground),
             "version": active.version if active else None,
             "previous_version": self.previous.version if self.previous else None,
             "architecture": self.spec.architecture,
@@ -143,89 +143,6 @@ class ServedModel:
             "loaded_at": _iso(active.loaded_at) if active else None,
             "ready": self.ready,
         }
-
-
-class Deadline:
-    """One timer for a whole request (upload, decode, queue, forward); when it runs out the
-    request's error says which phase it was in: 408 while uploading, else 504.
-
-    ``async with deadline(limits) as timer``. A class, not a generator-based context manager:
-    every request enters one, and the generator machinery cost as much as the timer.
-    """
-
-    __slots__ = ("_timeout", "seconds", "uploading")
-
-    def __init__(self, limits: ServerSpec, *, uploading: bool) -> None:
-        self.seconds = limits.request_timeout_s
-        self.uploading = uploading
-        self._timeout = asyncio.timeout(self.seconds)
-
-    def uploaded(self) -> None:
-        self.uploading = False
-
-    async def __aenter__(self) -> Deadline:
-        await self._timeout.__aenter__()
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        try:
-            await self._timeout.__aexit__(kind, error, trace)
-        except TimeoutError:
-            if self.uploading:
-                raise SlowUpload(f"the body did not arrive within {self.seconds:g} s") from None
-            raise PredictionTimeout(
-                f"no prediction within {self.seconds:g} s; the server is overloaded, retry later"
-            ) from None
-
-
-def deadline(limits: ServerSpec, *, uploading: bool = True) -> Deadline:
-    """The request's one deadline (see ``Deadline``); enter it with ``async with``."""
-    return Deadline(limits, uploading=uploading)
-
-
-def accounted(metrics: ModelMetrics) -> Accounting:
-    """``with accounted(metrics) as answer``: one request's metrics (see ``Accounting``)."""
-    return Accounting(metrics)
-
-
-class Accounting:
-    """One request's metrics, the same for every door: in flight while it runs, then its
-    answer's status (``Answered.status``, set by the door) and duration; refusals by reason.
-    A class for the reason ``Deadline`` is one."""
-
-    __slots__ = ("_answered", "_metrics", "_started")
-
-    def __init__(self, metrics: ModelMetrics) -> None:
-        self._metrics = metrics
-        self._answered = Answered()
-
-    def __enter__(self) -> Answered:
-        self._started = time.monotonic()
-        self._metrics.in_flight.inc()
-        return self._answered
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        metrics, answered = self._metrics, self._answered
-        metrics.in_flight.dec()
-        if answered.error is not None and answered.error.status != 500:
-            metrics.rejected(answered.error.code)
-        metrics.answered(answered.status, time.monotonic() - self._started)
-
-
-@dataclass(slots=True)
-class Answered:
-    """What a door answered: its HTTP status (gRPC doors give the equivalent one)."""
-
-    status: int = 500
-    error: ServeError | None = None
-
-    def failed(self, error: ServeError) -> None:
-        self.status = error.status
-        self.error = error
 
 
 def _iso(timestamp: float) -> str:

@@ -1,4 +1,4 @@
-"""What a batch's logits become: one ``Task`` per kind of model, chosen once when it loads.
+"""What differs between kinds of model: one ``Task`` per kind, chosen once when the config is read.
 
 A task checks the logits' shape, and turns a batch of them into one small CPU result per image
 on the replica's thread and device (one device-to-host copy per batch). What each image's
@@ -8,6 +8,7 @@ image in its ``Job``, so every door (``/predict``, v2 REST, v2 gRPC) shares one 
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -20,6 +21,8 @@ from service.config import ModelSpec
 from service.errors import ConfigError
 from service.images.decode import DecodedImage
 from service.images.plain_png import grey_png
+
+Labels = Sequence[str] | None  # a model's class names, index by index, when configured
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +72,26 @@ class Segmentation:
     class_pixel_counts: dict[str, int]
 
 
+@dataclass(frozen=True, slots=True)
+class Hints:
+    """What the playground offers for a kind of model, so the page never branches on its name."""
+
+    top_k: bool  # a top-k field: answers are ranked classes
+    mask: bool  # answers are masks to draw
+
+
 class Task:
-    """The stages that differ between kinds of model; subclasses are stateless."""
+    """Everything that differs between kinds of model, in one stateless object per kind.
+
+    The task is chosen once, when the config is read (``task_for``): the replica's
+    postprocess, ``/predict``'s answer body, the v2 outputs (names, datatypes, shapes, values)
+    and the playground's hints all come from it, so nothing else branches on a task's name.
+    """
 
     name: ClassVar[str]
+    outputs: ClassVar[tuple[str, ...]]  # the v2 outputs, in the order they are answered
+    ranked_output: ClassVar[str | None] = None  # the v2 output the classification extension ranks
+    playground: ClassVar[Hints]
 
     def check(self, logits: torch.Tensor) -> None:
         """Raises ``ConfigError`` when the logits cannot be this task's."""
@@ -82,9 +101,46 @@ class Task:
         """One result per job, in order (runs on the replica's thread and device)."""
         raise NotImplementedError
 
+    def classes(self, result: Any) -> int:
+        """How many classes the model has, read off one result that asked for everything."""
+        raise NotImplementedError
+
+    def predict_body(self, results: Sequence[Any], labels: Sequence[str] | None) -> list[dict[str, Any]]:
+        """``/predict``'s ``predictions``: one entry per image, in order."""
+        raise NotImplementedError
+
+    def png_answer(self, results: Sequence[Any]) -> bytes | None:
+        """The answer as a PNG, for a client that accepts ``image/png``; None where it has none."""
+        return None
+
+    def v2_outputs(self, classes: int, size: tuple[int, int]) -> list[dict[str, Any]]:
+        """The v2 metadata of each output, ``-1`` for the batch dimension."""
+        raise NotImplementedError
+
+    def v2_wants(self, wanted: Sequence[tuple[str, int | None]]) -> Wants:
+        """What a v2 request's images need, from the (output, ranked count) pairs it asked for:
+        top-k as deep as the deepest ranking, whole rows only when the ranked output is asked
+        unranked, masks at the model's input size without PNGs (v2 answers tensors)."""
+        return Wants(
+            top_k=max((ranked or 1 for _, ranked in wanted), default=1),
+            probabilities=any(name == self.ranked_output and not ranked for name, ranked in wanted),
+            mask_png=False,
+            mask_at_input_size=True,
+        )
+
+    def v2_values(
+        self, output: str, results: Sequence[Any], ranked: int | None, labels: Labels
+    ) -> tuple[str, np.ndarray]:
+        """The v2 datatype and the stacked values of ``output`` over a request's results;
+        ``ranked`` is the classification extension's count (only for ``ranked_output``)."""
+        raise NotImplementedError
+
 
 class ClassificationTask(Task):
     name = "classification"
+    outputs = ("probabilities", "class_index")
+    ranked_output = "probabilities"
+    playground = Hints(top_k=True, mask=False)
 
     def check(self, logits: torch.Tensor) -> None:
         if logits.ndim != 2:
@@ -108,9 +164,44 @@ class ClassificationTask(Task):
             for i, (job, score_row, index_row) in enumerate(zip(jobs, score_rows, index_rows, strict=True))
         ]
 
+    def classes(self, result: Classification) -> int:
+        assert result.probabilities is not None  # the warm-up asks for them
+        return len(result.probabilities)
+
+    def predict_body(
+        self, results: Sequence[Classification], labels: Sequence[str] | None
+    ) -> list[dict[str, Any]]:
+        """Per image: the best class at top level, and the top-k list best first."""
+        predictions = []
+        for result in results:
+            top_k = [
+                {"label": _label(labels, index), "class_index": index, "score": score}
+                for index, score in zip(result.indices, result.scores, strict=True)
+            ]
+            predictions.append({**top_k[0], "top_k": top_k})
+        return predictions
+
+    def v2_outputs(self, classes: int, size: tuple[int, int]) -> list[dict[str, Any]]:
+        return [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
+            {"name": "class_index", "datatype": "INT64", "shape": [-1]},
+        ]
+
+    def v2_values(
+        self, output: str, results: Sequence[Classification], ranked: int | None, labels: Labels
+    ) -> tuple[str, np.ndarray]:
+        if output == "class_index":
+            return "INT64", np.array([result.indices[0] for result in results], dtype=np.int64)
+        if ranked:
+            return "BYTES", _class_strings(results, ranked, labels)
+        rows = [result.probabilities for result in results]
+        return "FP32", np.stack(rows).astype(np.float32)  # type: ignore[arg-type]
+
 
 class SegmentationTask(Task):
     name = "segmentation"
+    outputs = ("mask",)
+    playground = Hints(top_k=False, mask=True)
 
     def check(self, logits: torch.Tensor) -> None:
         if logits.ndim != 4:
@@ -142,6 +233,40 @@ class SegmentationTask(Task):
             for index, mask in zip(indices, masks, strict=True):
                 results[index] = _segmentation(mask, scores.shape[1], jobs[index].wants)
         return [results[index] for index in range(len(jobs))]
+
+    def classes(self, result: Segmentation) -> int:
+        return len(result.class_pixel_counts)
+
+    def predict_body(
+        self, results: Sequence[Segmentation], labels: Sequence[str] | None
+    ) -> list[dict[str, Any]]:
+        """Per image: its size, the class-index mask as base64 PNG, and pixels per class
+        (``/predict``'s jobs always ask for the PNG)."""
+        body = []
+        for result in results:
+            assert result.png is not None, "predict_body needs jobs that asked for the mask PNG"
+            body.append(
+                {
+                    "width": int(result.mask.shape[1]),
+                    "height": int(result.mask.shape[0]),
+                    "mask_png_base64": base64.b64encode(result.png).decode("ascii"),
+                    "class_pixel_counts": result.class_pixel_counts,
+                }
+            )
+        return body
+
+    def png_answer(self, results: Sequence[Segmentation]) -> bytes | None:
+        """The one image's mask (a PNG answers one image only)."""
+        return results[0].png if len(results) == 1 else None
+
+    def v2_outputs(self, classes: int, size: tuple[int, int]) -> list[dict[str, Any]]:
+        return [{"name": "mask", "datatype": _mask_type(classes), "shape": [-1, *size]}]
+
+    def v2_values(
+        self, output: str, results: Sequence[Segmentation], ranked: int | None, labels: Labels
+    ) -> tuple[str, np.ndarray]:
+        stacked = np.stack([result.mask for result in results])
+        return _mask_type(len(results[0].class_pixel_counts)), stacked
 
 
 def _segmentation(mask: torch.Tensor, classes: int, wants: Wants) -> Segmentation:
@@ -179,6 +304,35 @@ _TASKS: dict[str, Task] = {task.name: task for task in (ClassificationTask(), Se
 def task_for(spec: ModelSpec) -> Task:
     """The task object of a configured model (the config allows only known names)."""
     return _TASKS[spec.task]
+
+
+def task_names() -> set[str]:
+    """The kinds of model there are objects for (the config's ``task`` must name one)."""
+    return set(_TASKS)
+
+
+def _label(labels: Sequence[str] | None, index: int) -> str:
+    if labels is not None and index < len(labels):
+        return labels[index]
+    return str(index)
+
+
+def _class_strings(results: Sequence[Classification], count: int, labels: Sequence[str] | None) -> np.ndarray:
+    """Triton's classification extension: ``"score:index"`` or ``"score:index:label"``, best first."""
+    rows = []
+    for result in results:
+        row = []
+        for index, score in list(zip(result.indices, result.scores, strict=True))[:count]:
+            label = f":{labels[index]}" if labels is not None and index < len(labels) else ""
+            row.append(f"{score:f}:{index}{label}".encode())
+        rows.append(row)
+    values = np.empty((len(rows), len(rows[0])), dtype=object)
+    values[:] = rows
+    return values
+
+
+def _mask_type(classes: int) -> str:
+    return "UINT8" if classes <= 256 else "INT32"
 
 
 def select_logits(output: Any, key: int | str | None) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """The playground at ``/`` in a real headless Chromium against the demo server: the digit
 samples show their own class as the top bar (as the model run in-process says), the shapes
 sample's mask is drawn over the image in the legend's colours (read back from the canvas),
-and a text file shows the server's error to the person."""
+a text file shows the server's error to the person, and the controls follow the chosen model."""
 
 from __future__ import annotations
 
@@ -176,3 +176,22 @@ def test_a_dropped_text_file_shows_the_server_error(
     assert error.text.startswith("HTTP 400: bad_image: ")
     assert element(card, ".meta").text == "digits · failed"
     card.screenshot(str(artifacts / "playground_error.png"))
+
+
+def _placement(devices: list[str]) -> str:
+    """What the page should say about where the replicas run (see playground.js)."""
+    counts = {device: devices.count(device) for device in dict.fromkeys(devices)}
+    places = [f"{d} ({n})" if len(counts) > 1 and n > 1 else d for d, n in counts.items()]
+    return ("" if len(devices) == 1 else f"{len(devices)} replicas ") + "on " + ", ".join(places)
+
+
+def test_the_controls_follow_the_chosen_model(browser: Browser, demo_server: ServerProcess) -> None:
+    """The "Top classes" field only for a classifier (also after switching back), each device named once."""
+    _open_playground(browser, demo_server, "digits")
+    for model, top_k_shown in (("digits", True), ("shapes", False), ("digits", True)):
+        Select(element(browser, "#model")).select_by_value(model)
+        wait_for(browser, lambda d, m=model: element(d, "#model-info").text.startswith(f"{m}: "), model)
+        assert element(browser, "#top-k-field").is_displayed() is top_k_shown, model
+        devices = httpx.get(f"{demo_server.url}/models/{model}").json()["devices"]
+        info = element(browser, "#model-info").text
+        assert info.endswith(" · " + _placement(devices)), info

@@ -19,8 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 
-from service.doors.predict import _await_outputs
-from service.errors import ClientGone
+from service.doors.intake import departure_of
 from tests.support.harness import model_entry, png, save_random_weights, write_config
 from tests.support.loadgen import PNG
 from tests.support.serving import ServerProcess
@@ -91,7 +90,9 @@ async def test_without_a_connection_watch_a_task_waits_on_receive(anyio_backend:
         return {"type": "http.disconnect"}
 
     request = Request({"type": "http", "method": "POST", "headers": [], "path": "/"}, receive)
-    future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-    with pytest.raises(ClientGone):
-        await asyncio.wait_for(_await_outputs(future, request), timeout=5)
-    assert future.done()
+    departure = departure_of(request)
+    assert not departure.lost
+    gone = asyncio.Event()
+    departure.add(gone.set)
+    await asyncio.wait_for(gone.wait(), timeout=5)
+    assert departure.lost

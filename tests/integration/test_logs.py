@@ -116,9 +116,8 @@ def test_text_startup_lines_come_in_order_and_outside_a_request_show_a_dash(
     log = text_server.log()
     loading = log.index("INFO service.lifecycle [-] loading 1 model (m)...")
     running = log.index("Uvicorn running on")
-    ready = log.index(
-        f"INFO service [-] ready: serving models ['m'] on {text_server.url} (gRPC {text_server.grpc_port})"
-    )
+    where = f"on {text_server.url} (gRPC {text_server.grpc_port})"
+    ready = log.index(f"INFO service.lifecycle [-] ready: serving models ['m'] {where}")
     assert loading < running < ready
     assert "[None]" not in log
 

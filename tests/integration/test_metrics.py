@@ -17,7 +17,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from service.lifecycle import Runtime
+from service.pipeline.runtime import Runtime
 from tests.support.harness import ADMIN, model_entry, png, save_random_weights, serving, write_config
 from tests.support.loadgen import PNG, file_version
 

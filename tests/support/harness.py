@@ -18,7 +18,7 @@ from PIL import Image
 from service.app import create_app
 from service.checkpoints.architecture import build_model
 from service.config import ServeConfig, load_config
-from service.lifecycle import Runtime
+from service.pipeline.runtime import Runtime
 
 ADMIN = {"Authorization": "Bearer test-token"}
 

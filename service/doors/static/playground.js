@@ -86,8 +86,18 @@ async function selectModel(name) {
   models.set(name, model);
   byId("top-k-field").hidden = model.task !== "classification";
   byId("model-info").textContent =
-    `${model.name}: ${model.architecture} · version ${model.version ?? "loading"} · on ${model.devices.join(", ")}`;
+    `${model.name}: ${model.architecture} · version ${model.version ?? "loading"} · ${placement(model.devices)}`;
   showPageError("");
+}
+
+/** Where the replicas run: "on cpu", "2 replicas on cpu", "2 replicas on cuda:0, cuda:1". */
+function placement(devices) {
+  const counts = new Map();
+  for (const device of devices) counts.set(device, (counts.get(device) ?? 0) + 1);
+  const places = [...counts].map(([device, count]) =>
+    counts.size > 1 && count > 1 ? `${device} (${count})` : device);
+  const replicas = devices.length === 1 ? "" : `${devices.length} replicas `;
+  return `${replicas}on ${places.join(", ")}`;
 }
 
 async function predictOne(file, model, topK) {

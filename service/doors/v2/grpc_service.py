@@ -13,34 +13,23 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from service.doors.v2.infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
 from service.doors.v2.tensors import InputTensor, from_contents, from_raw, parse_shape, to_raw
 from service.errors import BadRequest, ConfigError, ServeError
-from service.ops.access import Access, RequestIds, note_model
-from service.pipeline.served import ServedModel, accounted, deadline
-
-if TYPE_CHECKING:  # the runtime starts this server: a type, not an import cycle
-    from service.lifecycle import Runtime
+from service.ops.access import Access, RequestIds, note_model, note_status
+from service.pipeline.call import Call, accounted
+from service.pipeline.runtime import Runtime
+from service.pipeline.served import ServedModel
 
 log = logging.getLogger(__name__)
 
-_STATUS_CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    404: grpc.StatusCode.NOT_FOUND,
-    408: grpc.StatusCode.DEADLINE_EXCEEDED,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    415: grpc.StatusCode.INVALID_ARGUMENT,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    499: grpc.StatusCode.CANCELLED,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
 # Where typed contents live for each datatype (the proto's InferTensorContents fields).
 _CONTENTS = {
     "BOOL": "bool_contents",
@@ -112,12 +101,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         return response
 
     async def _infer(self, request: Any, served: ServedModel) -> Any:
-        version = self.runtime.admit(served, request.model_version or None)
-        limits = self.runtime.config.server
-        async with deadline(limits, uploading=False):  # gRPC has received the whole message
-            with self.runtime.body_budget.reserve(request.ByteSize()):
-                parsed = InferRequest(request.id or None, _inputs(request), _outputs(request.outputs))
-                outputs = await infer(served, version, parsed, limits)
+        # gRPC has received the whole message: the deadline is the server's from the start
+        async with Call(self.runtime, served, request.model_version or None, uploading=False) as call:
+            call.hold_body(request.ByteSize())
+            parsed = InferRequest(request.id or None, _inputs(request), _outputs(request.outputs))
+            outputs = await infer(call, parsed)
+        version = call.pinned
         return pb.ModelInferResponse(
             model_name=served.name,
             model_version=version.version,
@@ -159,22 +148,18 @@ def _outputs(requested: Sequence[Any]) -> list[RequestedOutput] | None:
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: ServeError) -> NoReturn:
-    await context.abort(_STATUS_CODES.get(error.status, grpc.StatusCode.INTERNAL), error.message)
+    """Ends the call with the error's own row of the error table (code, and status for the log)."""
+    note_status(error.status)
+    await context.abort(grpc.StatusCode[error.grpc_code], error.message)
     raise AssertionError("abort() raises")  # pragma: no cover
 
 
-# The HTTP status each gRPC code stands for in access lines (the inverse of _STATUS_CODES).
+# The HTTP status of the codes no domain error answers with, for access lines (an abort notes
+# its error's own status first).
 _HTTP_EQUIVALENT = {
     grpc.StatusCode.OK: 200,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
     grpc.StatusCode.CANCELLED: 499,
     grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 
 
@@ -192,7 +177,7 @@ class AccessLog(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         return grpc.unary_unary_rpc_method_handler(
             self._logged(handler.unary_unary, details),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -208,6 +193,8 @@ class AccessLog(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             access = Access("grpc", method, path, peer.partition(":")[2] or peer, self.ids.choose(given))
             access.begin()
             try:
+                if isinstance(request, Malformed):
+                    await _abort(context, BadRequest(f"the request is not a valid {request.kind} message"))
                 answer = behaviour(request, context)
                 response = await answer if inspect.isawaitable(answer) else answer
             except asyncio.CancelledError:  # the client cancelled, or its deadline passed
@@ -222,9 +209,32 @@ class AccessLog(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return logged
 
 
+class Malformed:
+    """A request whose bytes do not parse as its protobuf message: answered INVALID_ARGUMENT
+    by the interceptor, where grpc itself would answer UNKNOWN with the parser's exception."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError:
+            owner = getattr(deserialize, "__self__", None)  # FromString's message class
+            return Malformed(getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "protobuf"))
+
+    return parse
+
+
 def _finish(access: Access, code: grpc.StatusCode) -> None:
     access.code = code.name
-    access.status = _HTTP_EQUIVALENT.get(code, 500)
+    if access.status is None or code in _HTTP_EQUIVALENT:
+        access.status = _HTTP_EQUIVALENT.get(code, 500)
     access.finish()
 
 

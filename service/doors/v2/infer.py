@@ -19,13 +19,13 @@ from service import __version__
 from service.config import ServerSpec
 from service.doors.v2.tensors import InputTensor, OutputTensor
 from service.errors import BadRequest, TooLarge
+from service.pipeline.call import Call
 from service.pipeline.replica import ModelVersion
 from service.pipeline.served import ServedModel
-from service.pipeline.tasks import Classification, Job, Segmentation, Wants
+from service.pipeline.tasks import Job, Wants
 
 EXTENSIONS = ("binary_tensor_data", "classification")
 IMAGE, TENSOR = "image", "input"
-_OUTPUTS = {"classification": ("probabilities", "class_index"), "segmentation": ("mask",)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,15 +53,6 @@ def server_metadata() -> dict[str, Any]:
 def model_metadata(served: ServedModel, version: ModelVersion) -> dict[str, Any]:
     """Inputs and outputs with ``-1`` for the batch dimension."""
     channels, height, width = served.input_shape
-    classes = version.classes
-    outputs = (
-        [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
-            {"name": "class_index", "datatype": "INT64", "shape": [-1]},
-        ]
-        if served.spec.task == "classification"
-        else [{"name": "mask", "datatype": _mask_type(classes), "shape": [-1, height, width]}]
-    )
     return {
         "name": served.name,
         "versions": [version.version],
@@ -70,24 +61,18 @@ def model_metadata(served: ServedModel, version: ModelVersion) -> dict[str, Any]
             {"name": IMAGE, "datatype": "BYTES", "shape": [-1]},
             {"name": TENSOR, "datatype": "FP32", "shape": [-1, channels, height, width]},
         ],
-        "outputs": outputs,
+        "outputs": served.task.v2_outputs(version.classes, (height, width)),
     }
 
 
-async def infer(
-    served: ServedModel, version: ModelVersion, request: InferRequest, limits: ServerSpec
-) -> list[OutputTensor]:
+async def infer(call: Call, request: InferRequest) -> list[OutputTensor]:
     """The request's outputs, in the order asked (else every output of the model's task)."""
+    served = call.served
     wanted = _check_outputs(served, request.outputs)
     tensor = _the_input(request.inputs)
-    wants = Wants(
-        top_k=max((output.classification or 1 for output in wanted), default=1),
-        probabilities=any(output.name == "probabilities" and not output.classification for output in wanted),
-        mask_png=False,
-        mask_at_input_size=True,
-    )
-    jobs = await _jobs(served, tensor, wants, limits)
-    results = await served.submit(jobs, version)
+    wants = served.task.v2_wants([(output.name, output.classification) for output in wanted])
+    jobs = await _jobs(served, tensor, wants, call.limits)
+    results = await call.run(jobs)
     return [_output(served, output, results) for output in wanted]
 
 
@@ -129,53 +114,19 @@ async def _jobs(served: ServedModel, tensor: InputTensor, wants: Wants, limits: 
 
 
 def _check_outputs(served: ServedModel, asked: Sequence[RequestedOutput] | None) -> list[RequestedOutput]:
-    names = _OUTPUTS[served.spec.task]
+    names = served.task.outputs
     if asked is None or not asked:
         return [RequestedOutput(name) for name in names]
+    ranked = served.task.ranked_output
     for output in asked:
         if output.name not in names:
             raise BadRequest(f"unknown output {output.name!r}; this model has {list(names)}")
-        if output.classification is not None and (
-            output.name != "probabilities" or output.classification < 1
-        ):
-            raise BadRequest(
-                "the classification extension applies to 'probabilities' with a count of at least 1"
-            )
+        if output.classification is not None and (output.name != ranked or output.classification < 1):
+            applies = f"to {ranked!r}" if ranked else "to no output of this model"
+            raise BadRequest(f"the classification extension applies {applies} with a count of at least 1")
     return list(asked)
 
 
 def _output(served: ServedModel, output: RequestedOutput, results: list[Any]) -> OutputTensor:
-    if output.name == "mask":
-        masks: list[Segmentation] = results
-        stacked = np.stack([result.mask for result in masks])
-        return OutputTensor("mask", _mask_type(len(masks[0].class_pixel_counts)), stacked)
-    classified: list[Classification] = results
-    if output.name == "class_index":
-        return OutputTensor(
-            "class_index", "INT64", np.array([r.indices[0] for r in classified], dtype=np.int64)
-        )
-    if output.classification:
-        return OutputTensor(
-            "probabilities", "BYTES", _class_strings(classified, output.classification, served)
-        )
-    rows = [r.probabilities for r in classified]
-    return OutputTensor("probabilities", "FP32", np.stack(rows).astype(np.float32))  # type: ignore[arg-type]
-
-
-def _class_strings(results: list[Classification], count: int, served: ServedModel) -> np.ndarray:
-    """Triton's classification extension: ``"score:index"`` or ``"score:index:label"``, best first."""
-    labels = served.spec.labels
-    rows = []
-    for result in results:
-        row = []
-        for index, score in list(zip(result.indices, result.scores, strict=True))[:count]:
-            label = f":{labels[index]}" if labels is not None and index < len(labels) else ""
-            row.append(f"{score:f}:{index}{label}".encode())
-        rows.append(row)
-    values = np.empty((len(rows), len(rows[0])), dtype=object)
-    values[:] = rows
-    return values
-
-
-def _mask_type(classes: int) -> str:
-    return "UINT8" if classes <= 256 else "INT32"
+    datatype, values = served.task.v2_values(output.name, results, output.classification, served.spec.labels)
+    return OutputTensor(output.name, datatype, values)

@@ -8,14 +8,14 @@ Errors are ``{"error": "message"}``.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.doors.intake import read_body
+from service.doors.intake import departure_of, read_body
+from service.doors.render import json_response, v2_error_response
 from service.doors.v2.infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
 from service.doors.v2.schemas import V2_INFER_OPENAPI, V2_INFER_RESPONSES
 from service.doors.v2.tensors import (
@@ -28,21 +28,13 @@ from service.doors.v2.tensors import (
     to_raw,
 )
 from service.errors import BadRequest, NotFound, NotReady, ServeError
-from service.lifecycle import Runtime
 from service.ops.access import note_model
-from service.pipeline.served import ServedModel, accounted, deadline
+from service.pipeline.call import Call, accounted
+from service.pipeline.runtime import Runtime
+from service.pipeline.served import ServedModel
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
 HEADER_LENGTH = "inference-header-content-length"
-
-
-def v2_error(error: ServeError) -> Response:
-    """The protocol's error body with the error's status (and its ``Retry-After``)."""
-    return _json({"error": error.message}, error.status, error.headers)
-
-
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status, headers, "application/json")
 
 
 def _runtime(request: Request) -> Runtime:
@@ -52,25 +44,25 @@ def _runtime(request: Request) -> Runtime:
 
 @router.get("", summary="Server metadata")
 async def metadata(request: Request) -> Response:
-    return _json(server_metadata())
+    return json_response(server_metadata())
 
 
 @router.get("/health/live", summary="Server live")
 async def live(request: Request) -> Response:
     runtime = _runtime(request)
     if runtime.startup_error is not None:
-        return v2_error(NotReady(f"model loading failed: {runtime.startup_error}"))
-    return _json({"live": True})
+        return v2_error_response(NotReady(f"model loading failed: {runtime.startup_error}"))
+    return json_response({"live": True})
 
 
 @router.get("/health/ready", summary="Server ready: every model warm, not draining")
 async def ready(request: Request) -> Response:
     runtime = _runtime(request)
     if runtime.draining:
-        return v2_error(NotReady("the server is draining before shutdown"))
+        return v2_error_response(NotReady("the server is draining before shutdown"))
     if not runtime.registry.ready:
-        return v2_error(NotReady("models are still loading and warming up"))
-    return _json({"ready": True})
+        return v2_error_response(NotReady("models are still loading and warming up"))
+    return json_response({"ready": True})
 
 
 @router.get("/models/{name}", summary="Model metadata")
@@ -78,9 +70,9 @@ async def ready(request: Request) -> Response:
 async def get_model_metadata(name: str, request: Request, version: str | None = None) -> Response:
     try:
         served = _runtime(request).registry.named(name)
-        return _json(model_metadata(served, served.pin(version)))
+        return json_response(model_metadata(served, served.pin(version)))
     except ServeError as error:
-        return v2_error(error)
+        return v2_error_response(error)
 
 
 @router.get("/models/{name}/ready", summary="Model ready")
@@ -90,8 +82,8 @@ async def model_ready(name: str, request: Request, version: str | None = None) -
         served = _runtime(request).registry.named(name)
         served.check_version(version)
     except ServeError as error:
-        return v2_error(error)
-    return _json({"name": name, "ready": served.ready}, 200 if served.ready else 503)
+        return v2_error_response(error)
+    return json_response({"name": name, "ready": served.ready}, 200 if served.ready else 503)
 
 
 async def infer_route(request: Request) -> Response:
@@ -99,7 +91,7 @@ async def infer_route(request: Request) -> Response:
     runtime = _runtime(request)
     target = infer_target(request.scope["path"])
     if target is None:
-        return v2_error(NotFound(f"no route POST {request.scope['path']}"))
+        return v2_error_response(NotFound(f"no route POST {request.scope['path']}"))
     name, version = target
     note_model(name, version)
     served = runtime.registry.models.get(name)
@@ -108,7 +100,7 @@ async def infer_route(request: Request) -> Response:
             response = await _infer(runtime, request, runtime.registry.named(name), version)
         except ServeError as error:
             answer.failed(error)
-            response = v2_error(error)
+            response = v2_error_response(error)
         answer.status = response.status_code
     return response
 
@@ -138,16 +130,13 @@ def infer_target(path: str) -> tuple[str, str | None] | None:
 
 
 async def _infer(runtime: Runtime, request: Request, served: ServedModel, version: str | None) -> Response:
-    pinned = runtime.admit(served, version)
-    limits = runtime.config.server
-    async with deadline(limits) as timer:
-        with ExitStack() as held:  # the body's bytes stay reserved until the answer
-            body = await read_body(request, limits.max_body_bytes, runtime.body_budget, held)
-            timer.uploaded()
-            parsed, binary_default = _parse(body, request.headers.get(HEADER_LENGTH))
-            outputs = await infer(served, pinned, parsed, limits)
+    async with Call(runtime, served, version, departure=departure_of(request)) as call:
+        body = await read_body(request, call.limits.max_body_bytes, call.hold_body)
+        call.uploaded()
+        parsed, binary_default = _parse(body, request.headers.get(HEADER_LENGTH))
+        outputs = await infer(call, parsed)
     binary = {output.name: output.binary for output in parsed.outputs or ()}
-    return _answer(served.name, pinned.version, parsed.id, outputs, binary, binary_default)
+    return _answer(served.name, call.pinned.version, parsed.id, outputs, binary, binary_default)
 
 
 def _parse(body: bytes, header_length: str | None) -> tuple[InferRequest, bool]:
@@ -174,7 +163,7 @@ def _parse(body: bytes, header_length: str | None) -> tuple[InferRequest, bool]:
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     if header_length is None:
         return body, memoryview(b"")
-    if not header_length.isdigit() or int(header_length) > len(body):
+    if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
         raise BadRequest(
             f"Inference-Header-Content-Length {header_length!r} does not fit a {len(body)}-byte body"
         )

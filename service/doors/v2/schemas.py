@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from service.doors.schemas import parameter
+
 
 class V2Error(BaseModel):
     error: str = Field(description="what is wrong with the request, or why it cannot be served now")
@@ -83,13 +85,12 @@ V2_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 V2_INFER_OPENAPI: dict[str, Any] = {
     "parameters": [
-        {
-            "name": "Inference-Header-Content-Length",
-            "in": "header",
-            "required": False,
-            "schema": {"type": "integer"},
-            "description": "binary tensor data extension: the length of the JSON part of the body",
-        }
+        parameter(
+            "Inference-Header-Content-Length",
+            "header",
+            {"type": "integer"},
+            "binary tensor data extension: the length of the JSON part of the body",
+        )
     ],
     "requestBody": {
         "required": True,

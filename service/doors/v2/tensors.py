@@ -60,6 +60,10 @@ class OutputTensor:
         return list(self.values.shape)
 
 
+_MAX_ELEMENTS = 1 << 40  # far above any body limit, far below numpy's own
+_MAX_RANK = 32  # numpy's (64 in numpy 2); no image model takes more than 5
+
+
 def parse_shape(name: str, raw: Any) -> tuple[int, ...]:
     """A shape as non-negative integers (``-1`` is for metadata, never for data)."""
     if not isinstance(raw, list | tuple) or not all(
@@ -68,6 +72,10 @@ def parse_shape(name: str, raw: Any) -> tuple[int, ...]:
         raise BadRequest(f"input {name!r}: 'shape' must be a list of integers")
     if any(d < 0 for d in raw):
         raise BadRequest(f"input {name!r}: shape {list(raw)} has a negative dimension")
+    # numpy sizes an array by its non-zero dimensions even when one is 0: [0, 2^40, 2^40]
+    # holds no element yet cannot be made, so no shape may exceed what any body could hold
+    if math.prod(d or 1 for d in raw) > _MAX_ELEMENTS or len(raw) > _MAX_RANK:
+        raise BadRequest(f"input {name!r}: shape {list(raw)} is larger than any tensor the server accepts")
     return tuple(raw)
 
 
