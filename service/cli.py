@@ -79,7 +79,12 @@ def _parser() -> argparse.ArgumentParser:
         description=_INSPECT_DESCRIPTION,
         epilog=_INSPECT_EPILOG,
     )
-    inspect_cmd.add_argument("checkpoint", type=Path, help="a .pt/.pth (torch.save) or .safetensors file")
+    inspect_cmd.add_argument(
+        "checkpoint",
+        type=Path,
+        help="a .pt/.pth/.bin (torch.save) or .safetensors file, a torch.distributed.checkpoint "
+        "folder, or a Hugging Face *.index.json (or its folder)",
+    )
     inspect_cmd.add_argument(
         "--architecture", metavar="MOD:CALLABLE", help="importable.module:callable that builds the model"
     )
@@ -88,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="JSON",
         default="{}",
         help="its keyword arguments, e.g. '{\"num_classes\": 10}'",
+    )
+    inspect_cmd.add_argument(
+        "--state-dict-key", default=None, help="the entry to report on, as the model key state_dict_key"
     )
     inspect_cmd.add_argument(
         "--trust-pickle", action="store_true", help="allow arbitrary unpickling (only for files you trust)"
@@ -200,6 +208,7 @@ def _inspect(args: argparse.Namespace) -> int:
         architecture=args.architecture,
         init_args=init_args,
         trust_pickle=args.trust_pickle,
+        state_dict_key=args.state_dict_key,
         out=sys.stdout,
     )
 

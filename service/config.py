@@ -114,7 +114,13 @@ class ModelSpec(_Frozen):
         default_factory=dict, description="keyword arguments for the architecture callable"
     )
     checkpoint: Path = Field(
-        description="the weights file (.pt, .pth, .safetensors); relative to the config file's folder"
+        description="the weights: a file (.pt, .pth, .bin, .safetensors), a torch.distributed.checkpoint "
+        "folder, a Hugging Face *.index.json or the folder holding one; relative to the config file's folder"
+    )
+    state_dict_key: str | None = Field(
+        None,
+        description="the entry of the checkpoint to serve (e.g. state_dict, state_dict_ema, model); "
+        "default: the averaged (EMA) weights when present, else the known wrapper key",
     )
     input: InputSpec = Field(description="how an image becomes the input tensor (section below)")
     labels: tuple[str, ...] | None = Field(

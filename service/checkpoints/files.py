@@ -19,6 +19,7 @@ import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from service.errors import CheckpointError
 
@@ -94,7 +95,12 @@ def file_sha256(path: Path) -> str:
 
 def check_sidecar(whole: WholeFile) -> None:
     """When ``<checkpoint>.sha256`` exists, the bytes read must have exactly that digest."""
-    sidecar = sidecar_path(whole.path)
+    check_sidecar_digest(whole.path, whole.sha256)
+
+
+def check_sidecar_digest(path: Path, sha256: str) -> None:
+    """When ``<path>.sha256`` exists, ``sha256`` (of the bytes loaded) must be its digest."""
+    sidecar = sidecar_path(path)
     try:
         fd = _open_regular(sidecar)
     except CheckpointError:
@@ -104,10 +110,10 @@ def check_sidecar(whole: WholeFile) -> None:
     with os.fdopen(fd, "rb", buffering=0) as file:
         text = file.read(_SIDECAR_MAX_BYTES).decode("ascii", errors="replace")
     expected = _sidecar_digest(text, sidecar)
-    if expected != whole.sha256:
+    if expected != sha256:
         raise CheckpointError(
-            f"checkpoint {whole.path} does not match {sidecar.name}: the file's SHA-256 is "
-            f"{whole.sha256[:_SHORT]}..., {sidecar.name} says {expected[:_SHORT]}...; the file is "
+            f"checkpoint {path} does not match {sidecar.name}: the file's SHA-256 is "
+            f"{sha256[:_SHORT]}..., {sidecar.name} says {expected[:_SHORT]}...; the file is "
             "incomplete, or the .sha256 belongs to another file. Write the checkpoint first and "
             "its .sha256 last"
         )
@@ -119,8 +125,18 @@ def check_torch_zip(whole: WholeFile) -> None:
     Files saved with ``torch.serialization.set_crc32_options(False)`` carry no CRCs (all 0):
     only their structure can be checked.
     """
+    _check_zip(io.BytesIO(whole.data), whole.path)
+
+
+def check_torch_zip_file(path: Path) -> None:
+    """``check_torch_zip`` streamed from disk: for shards opened with ``mmap`` rather than read whole."""
+    with os.fdopen(_open_regular(path), "rb") as file:
+        _check_zip(file, path)
+
+
+def _check_zip(source: IO[bytes], path: Path) -> None:
     try:
-        with zipfile.ZipFile(io.BytesIO(whole.data)) as archive:
+        with zipfile.ZipFile(source) as archive:
             records = archive.infolist()
             if all(record.CRC == 0 for record in records):
                 return
@@ -130,31 +146,42 @@ def check_torch_zip(whole: WholeFile) -> None:
                         pass  # ZipExtFile checks the CRC-32 at the record's end
     except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
         raise CheckpointError(
-            f"{whole.path} is not a whole torch checkpoint (truncated or corrupt? still being "
+            f"{path} is not a whole torch checkpoint (truncated or corrupt? still being "
             f"written?): {exc}"
         ) from exc
 
 
 def check_safetensors(whole: WholeFile) -> None:
     """The header is complete JSON and its tensors' offsets end exactly where the file ends."""
-    data = whole.data
-    header_bytes = int.from_bytes(data[:8], "little")
-    if len(data) < 8 or header_bytes > len(data) - 8:
+    header_bytes = int.from_bytes(whole.data[:8], "little")
+    _check_safetensors_header(whole.path, header_bytes, whole.data[8 : 8 + header_bytes], len(whole.data))
+
+
+def check_safetensors_file(path: Path) -> None:
+    """``check_safetensors`` reading only the header: for shards read lazily, tensor by tensor."""
+    with os.fdopen(_open_regular(path), "rb", buffering=0) as file:
+        size = os.fstat(file.fileno()).st_size
+        header_bytes = int.from_bytes(file.read(8), "little")
+        header = file.read(min(header_bytes, max(size - 8, 0)))
+    _check_safetensors_header(path, header_bytes, header, size)
+
+
+def _check_safetensors_header(path: Path, claimed: int, header: bytes, size: int) -> None:
+    """``header`` (the ``claimed`` bytes after the 8-byte length) describes exactly the file."""
+    if size < 8 or claimed > size - 8:
         raise CheckpointError(
-            f"cannot read {whole.path} as safetensors: its header claims {header_bytes} bytes but "
-            f"{max(len(data) - 8, 0)} follow (truncated or still being written?)"
+            f"cannot read {path} as safetensors: its header claims {claimed} bytes but "
+            f"{max(size - 8, 0)} follow (truncated or still being written?)"
         )
     try:
-        header = json.loads(data[8 : 8 + header_bytes])
-        ends = [int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"]
+        parsed = json.loads(header)
+        ends = [int(entry["data_offsets"][1]) for key, entry in parsed.items() if key != "__metadata__"]
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-        raise CheckpointError(
-            f"cannot read {whole.path} as safetensors: its header is malformed ({exc})"
-        ) from exc
-    described, held = max(ends, default=0), len(data) - 8 - header_bytes
+        raise CheckpointError(f"cannot read {path} as safetensors: its header is malformed ({exc})") from exc
+    described, held = max(ends, default=0), size - 8 - len(header)
     if described != held:
         raise CheckpointError(
-            f"cannot read {whole.path} as safetensors: its header describes {described} bytes of "
+            f"cannot read {path} as safetensors: its header describes {described} bytes of "
             f"tensor data but the file holds {held} (truncated or still being written?)"
         )
 

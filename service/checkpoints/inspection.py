@@ -35,10 +35,11 @@ def inspect_checkpoint(
     init_args: Mapping[str, Any] | None = None,
     out: TextIO,
     trust_pickle: bool = False,
+    state_dict_key: str | None = None,
 ) -> int:
     """Print a report on ``path`` to ``out``; returns the process exit code (0 only if it loads)."""
-    try:
-        raw, version = read_verified(path, trust_pickle=trust_pickle)  # one read: bytes and version
+    try:  # one read: bytes and version
+        raw, version = read_verified(path, trust_pickle=trust_pickle, state_dict_key=state_dict_key)
     except CheckpointError as exc:
         print(f"error: {exc.message}", file=out)
         return UNREADABLE
@@ -60,11 +61,13 @@ def _summarise(raw: RawCheckpoint, version: str, out: TextIO) -> None:
         if raw.wrapper_key
         else "none (the tensors are at the top level)"
     )
+    files = raw.files or (raw.path,)
     rows = [
         ("checkpoint", str(raw.path)),
-        ("size", _size(raw.path.stat().st_size)),
+        ("size", _size(sum(file.stat().st_size for file in files))),
         ("version", version),
         ("format", raw.format),
+        *_layout_rows(raw),
         ("wrapper key", wrapper),
         ("key prefixes", " then ".join(repr(p) for p in prefixes) or "none shared by every key"),
         ("top-level names", _first(f"{name} ({count})" for name, count in roots.items())),
@@ -77,6 +80,21 @@ def _summarise(raw: RawCheckpoint, version: str, out: TextIO) -> None:
     ]
     for label, value in rows:
         print(f"{label + ':':<17}{value}", file=out)
+
+
+def _layout_rows(raw: RawCheckpoint) -> list[tuple[str, str]]:
+    """The files of a folder or index, the entries found, and which one serves and why."""
+    rows: list[tuple[str, str]] = []
+    if len(raw.files) > 1:
+        shards = raw.files[1:]
+        kind = "rank files" if raw.format == "dcp" else "shards"
+        listed = _first(f"{file.name} ({_size(file.stat().st_size)})" for file in shards)
+        rows.append(("files", f"{raw.files[0].name} + {len(shards)} {kind}: {listed}"))
+    if raw.entries:
+        rows.append(("entries", ", ".join(repr(entry) for entry in raw.entries)))
+    if raw.reason:
+        rows.append(("serves", f"{raw.wrapper_key!r}: {raw.reason}" if raw.wrapper_key else raw.reason))
+    return rows
 
 
 def _check_architecture(

@@ -1,59 +1,61 @@
 """The one checkpoint pipeline, shared by the server and ``inspect``.
 
-read the file whole and verify it (``checkpoint_file``) -> open (``weights_only`` or
-safetensors) -> unwrap -> strip a prefix only if every key then matches -> strict load ->
-report mismatches by name. Nothing here keeps state between calls, so
-a fresh model can be loaded beside a copy that is serving (hot reload).
+find what the path names (``layout``: a file, a DCP folder, a sharded index) -> read and verify
+it (a file whole, ``files``; several files through ``folders``) -> open (``weights_only`` or
+safetensors) -> unwrap (``entries``: EMA first, or ``state_dict_key``) -> strip a prefix only if
+every key then matches -> strict load (half-precision tensors cast once, by ``load_state_dict``)
+-> report mismatches by name. Nothing here keeps state between calls, so a fresh model can be
+loaded beside a copy that is serving (hot reload).
 """
 
 from __future__ import annotations
 
-import io
-import pickle
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import torch
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
+from service.checkpoints.entries import WRAPPER_KEYS, unwrap
 from service.checkpoints.files import (
     WholeFile,
     check_safetensors,
     check_sidecar,
     check_torch_zip,
-    file_sha256,
     read_whole,
 )
+from service.checkpoints.folders import read_layout
+from service.checkpoints.layout import checkpoint_version, find_layout
+from service.checkpoints.mapped import mapped_format, read_mapped
+from service.checkpoints.raw import CheckpointFormat, RawCheckpoint, StateDict
+from service.checkpoints.torch_files import read_torch
 from service.errors import CheckpointError
 
-CheckpointFormat = Literal["torch", "safetensors"]
-StateDict = dict[str, torch.Tensor]
+__all__ = [
+    "WRAPPER_KEYS",
+    "KeyMatch",
+    "LoadReport",
+    "RawCheckpoint",
+    "apply_checkpoint",
+    "checkpoint_version",
+    "install",
+    "load_weights",
+    "match_state_dict",
+    "read_checkpoint",
+    "read_verified",
+    "shared_prefixes",
+]
+
 ShapeMismatch = tuple[str, tuple[int, ...], tuple[int, ...]]
 """(model key, shape in the checkpoint, shape in the model)."""
-
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
-"""Keys under which training scripts nest the state dict, in the order they are preferred."""
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
 # torch.save's legacy format starts with torch.serialization.MAGIC_NUMBER pickled (protocol 2).
 _LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 _SHOWN = 5
-
-
-@dataclass(frozen=True)
-class RawCheckpoint:
-    """A checkpoint file opened and unwrapped; ``state_dict`` keys are as saved (prefix intact)."""
-
-    path: Path
-    format: CheckpointFormat
-    wrapper_key: str | None
-    ignored_keys: tuple[str, ...]
-    state_dict: StateDict
-    storage_devices: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -130,16 +132,14 @@ class LoadReport:
     dtypes: tuple[str, ...]
 
 
-def checkpoint_version(path: Path) -> str:
-    """The first 12 hex digits of the file's SHA-256, streamed (regular files only)."""
-    return file_sha256(path)[:12]
-
-
 def read_checkpoint(
     path: Path, *, map_location: torch.device | str = "cpu", trust_pickle: bool = False
 ) -> RawCheckpoint:
-    """``read_verified`` without the version; tensors land on ``map_location``."""
-    return _parse(_read_whole_verified(path), str(map_location), trust_pickle)
+    """``read_verified`` without the version; a file's tensors land on ``map_location``."""
+    layout = find_layout(path)
+    if layout.kind != "file":
+        return read_layout(layout, trust_pickle=trust_pickle)[0]
+    return _parse(_read_whole_verified(layout.main), str(map_location), trust_pickle)
 
 
 def shared_prefixes(keys: Sequence[str]) -> tuple[str, ...]:
@@ -183,15 +183,24 @@ def apply_checkpoint(model: nn.Module, raw: RawCheckpoint, *, architecture: str 
     return match
 
 
-def read_verified(path: Path, *, trust_pickle: bool = False) -> tuple[RawCheckpoint, str]:
+def read_verified(
+    path: Path, *, trust_pickle: bool = False, state_dict_key: str | None = None
+) -> tuple[RawCheckpoint, str]:
     """The checkpoint read once onto the host, and the version of exactly those bytes.
 
     Every load goes through here (start-up, reload, watch, ``inspect``): the bytes must match
     ``<checkpoint>.sha256`` when it exists, and a torch zip's records their CRC-32s, before
-    anything is unpickled; a file rewritten while it is read is refused.
+    anything is unpickled; a file rewritten while it is read is refused. A folder or index is
+    read by ``folders.read_layout``, with the same promises for each of its files.
     """
-    whole = _read_whole_verified(path)
-    return _parse(whole, "cpu", trust_pickle), whole.version
+    layout = find_layout(path)
+    if layout.kind != "file":
+        return read_layout(layout, trust_pickle=trust_pickle, state_dict_key=state_dict_key)
+    mappable = mapped_format(layout.main)
+    if mappable is not None:
+        return read_mapped(layout.main, mappable, trust_pickle=trust_pickle, state_dict_key=state_dict_key)
+    whole = _read_whole_verified(layout.main)
+    return _parse(whole, "cpu", trust_pickle, state_dict_key), whole.version
 
 
 def _read_whole_verified(path: Path) -> WholeFile:
@@ -200,7 +209,9 @@ def _read_whole_verified(path: Path) -> WholeFile:
     return whole
 
 
-def _parse(whole: WholeFile, device: str, trust_pickle: bool) -> RawCheckpoint:
+def _parse(
+    whole: WholeFile, device: str, trust_pickle: bool, state_dict_key: str | None = None
+) -> RawCheckpoint:
     """Check the format's own integrity data, then open and unwrap; tensors land on ``device``."""
     file_format = _sniff(whole)
     if file_format == "safetensors":
@@ -213,9 +224,12 @@ def _parse(whole: WholeFile, device: str, trust_pickle: bool) -> RawCheckpoint:
     else:
         if whole.data.startswith(_ZIP_MAGIC):  # the legacy format has no checksums to check
             check_torch_zip(whole)
-        loaded, devices = _read_torch(whole, device, trust_pickle)
-    wrapper_key, ignored, state_dict = _unwrap(loaded, whole.path)
-    return RawCheckpoint(whole.path, file_format, wrapper_key, ignored, state_dict, devices)
+        loaded, devices = read_torch(whole.data, whole.path, device, trust_pickle)
+    wrapper_key, ignored, state_dict, reason = unwrap(loaded, whole.path, state_dict_key)
+    entries = (wrapper_key, *ignored) if wrapper_key else ()
+    return RawCheckpoint(
+        whole.path, file_format, wrapper_key, ignored, state_dict, devices, entries, reason, (whole.path,)
+    )
 
 
 def install(
@@ -229,10 +243,15 @@ def install(
 
 
 def load_weights(
-    model: nn.Module, path: Path, *, device: torch.device | str = "cpu", trust_pickle: bool = False
+    model: nn.Module,
+    path: Path,
+    *,
+    device: torch.device | str = "cpu",
+    trust_pickle: bool = False,
+    state_dict_key: str | None = None,
 ) -> LoadReport:
     """Load ``path`` into ``model`` on ``device``, eval mode, frozen; touches only ``model``."""
-    raw, version = read_verified(path, trust_pickle=trust_pickle)
+    raw, version = read_verified(path, trust_pickle=trust_pickle, state_dict_key=state_dict_key)
     match = install(model, raw, device)
     return LoadReport(
         path=path,
@@ -272,92 +291,6 @@ def _sniff(whole: WholeFile) -> CheckpointFormat:
         f"{path} is not a checkpoint: expected a torch.save file or a .safetensors file, "
         f"but it starts with {head[:8]!r}"
     )
-
-
-def _read_torch(whole: WholeFile, device: str, trust_pickle: bool) -> tuple[object, tuple[str, ...]]:
-    """``torch.load`` with ``weights_only``; full unpickling only if the config trusts the file."""
-    try:
-        return _torch_load(whole.data, device, weights_only=True)
-    except pickle.UnpicklingError:
-        if not trust_pickle:
-            raise CheckpointError(_refusal(whole)) from None
-    except Exception as exc:  # torch.load raises many types for corrupt or truncated files
-        raise _unreadable(whole.path, exc, " (truncated or corrupt?)") from exc
-    try:
-        return _torch_load(whole.data, device, weights_only=False)
-    except Exception as exc:  # full unpickling can fail in any way, e.g. a class since renamed
-        raise _unreadable(whole.path, exc, "") from exc
-
-
-def _unreadable(path: Path, exc: Exception, guess: str) -> CheckpointError:
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return CheckpointError(f"cannot read {path} as a torch checkpoint{guess}: {reason}")
-
-
-def _torch_load(data: bytes, device: str, *, weights_only: bool) -> tuple[object, tuple[str, ...]]:
-    """Load, recording each storage's saved location tag while mapping it to ``device``."""
-    tags: dict[str, None] = {}  # an ordered set, local to this call
-
-    def restore(storage: Any, location: str) -> Any:
-        tags.setdefault(location, None)
-        # the registered deserializers move the storage, as a plain map_location would
-        return torch.serialization.default_restore_location(  # type: ignore[no-untyped-call]
-            storage, device
-        )
-
-    # BytesIO shares the bytes (no copy): what is loaded is exactly what was hashed and checked
-    loaded = torch.load(io.BytesIO(data), map_location=restore, weights_only=weights_only)
-    return loaded, tuple(tags)
-
-
-def _refusal(whole: WholeFile) -> str:
-    path = whole.path
-    try:  # a static scan of the pickle's globals: nothing is executed
-        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(whole.data)))
-    except Exception:  # legacy-format files cannot be scanned; the refusal stands without names
-        names = []
-    needs = f" (it references {', '.join(names[:_SHOWN])})" if names else ""
-    return (
-        f"checkpoint {path} needs arbitrary unpickling{needs}, which can run any code, so it "
-        "was refused (only tensors are loaded, weights_only=True). If you trust the file, set "
-        "`trust_pickle: true` in the model's config (inspect: --trust-pickle), or re-save it "
-        "as a state_dict or .safetensors"
-    )
-
-
-def _unwrap(loaded: object, path: Path) -> tuple[str | None, tuple[str, ...], StateDict]:
-    """Find the tensors: the object itself, a known wrapper key, or the one nested tensor dict."""
-    direct = _tensor_dict(loaded)
-    if direct is not None:
-        return None, (), direct
-    if not isinstance(loaded, dict):
-        raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state_dict (a dict of tensors)")
-    found = {key: tensors for key, value in loaded.items() if (tensors := _tensor_dict(value)) is not None}
-    key = next((k for k in WRAPPER_KEYS if k in found), None)
-    if key is None and len(found) == 1:
-        key = next(iter(found))
-    if key is None:
-        top = ", ".join(repr(k) for k in loaded) or "none (an empty dict)"
-        what = (
-            f"several dicts of tensors ({', '.join(map(repr, found))}) and none is named"
-            if found
-            else "no tensors; expected a state_dict or a dict with one of"
-        )
-        raise CheckpointError(f"{path} holds {what} {', '.join(WRAPPER_KEYS)}; top-level keys: {top}")
-    return str(key), tuple(str(k) for k in loaded if k != key), found[key]
-
-
-def _tensor_dict(value: object) -> StateDict | None:
-    """The state dict ``value`` is (kept as is, with its ``_metadata``), or None."""
-    if isinstance(value, nn.Module):  # a whole pickled model, only reachable with trust_pickle
-        return value.state_dict()
-    if (
-        isinstance(value, dict)
-        and value
-        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
-    ):
-        return value
-    return None
 
 
 def _strip(state_dict: StateDict, prefix: str) -> StateDict:

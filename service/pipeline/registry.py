@@ -276,7 +276,9 @@ def _load_version(
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
     started = time.monotonic()
-    raw, version = read_verified(checkpoint, trust_pickle=spec.trust_pickle)
+    raw, version = read_verified(
+        checkpoint, trust_pickle=spec.trust_pickle, state_dict_key=spec.state_dict_key
+    )
     if version == unless:
         return None
     device_models = []

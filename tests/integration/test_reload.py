@@ -217,7 +217,7 @@ REFUSALS = {
     "symlink-out": ("m", "link.pt", ADMIN, 403, "forbidden", ["checkpoint_root"]),
     "nul-byte": ("m", "b.pt\x00.txt", ADMIN, 403, "forbidden", []),
     "missing": ("m", "nope.pt", ADMIN, 404, "not_found", ["nope.pt"]),
-    "directory": ("m", "sub", ADMIN, 404, "not_found", []),
+    "folder-without-checkpoint": ("m", "sub", ADMIN, 422, "checkpoint_error", ["holds no checkpoint file"]),
     "unknown-model": ("nope", "b.pt", ADMIN, 404, "not_found", ["nope"]),
 }
 

@@ -81,10 +81,10 @@ SAVE_STYLES: dict[str, tuple[Callable[[nn.Module], object], str, str | None]] = 
     "model_state_dict": (lambda m: {"model_state_dict": m.state_dict(), "epoch": 1}, "", "model_state_dict"),
     "model": (lambda m: {"model": nn.DataParallel(m).state_dict(), "step": 9}, "module.", "model"),
     "net": (lambda m: {"net": m.state_dict(), "best_acc": 0.9}, "", "net"),
-    "other_single_key": (lambda m: {"ema": m.state_dict(), "epoch": 2}, "", "ema"),
+    "other_single_key": (lambda m: {"weights": m.state_dict(), "epoch": 2}, "", "weights"),
     "known_key_preferred": (
         lambda m: {
-            "ema": {k: torch.zeros_like(v) for k, v in m.state_dict().items()},
+            "teacher": {k: torch.zeros_like(v) for k, v in m.state_dict().items()},
             "state_dict": m.state_dict(),
         },
         "",
@@ -330,10 +330,11 @@ def test_bad_files_are_clear_errors(kind: str, tmp_path: Path, make_net: NetFact
     assert str(path) in caught.value.message
 
 
-def test_missing_file_and_directory(tmp_path: Path, make_net: NetFactory) -> None:
+def test_missing_file_and_a_folder_without_a_checkpoint(tmp_path: Path, make_net: NetFactory) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         load_weights(make_net(seed=0), tmp_path / "nope.pt")
-    with pytest.raises(CheckpointError, match=r"is not a file \(it is a directory\)"):
+    (tmp_path / "notes.txt").write_text("no weights here")
+    with pytest.raises(CheckpointError, match=r"holds no checkpoint file"):
         read_checkpoint(tmp_path)
 
 

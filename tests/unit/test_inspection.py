@@ -123,3 +123,48 @@ def test_full_module_with_trust_pickle(tmp_path: Path, make_net: NetFactory, net
     code, text = _inspect(path, net_spec, trust_pickle=True)
     assert code == 0
     assert "OK: loads into" in text
+
+
+# Folders and index files: the format, the files, the entries and which one serves.
+
+
+def test_a_dcp_folder_reports_ranks_entries_and_what_serves(tmp_path: Path) -> None:
+    from tests.support.training import ARCH, ARGS, save_dcp, trained
+
+    model, optimizer = trained(seed=1)
+    folder = save_dcp({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "dcp")
+    code, text = _inspect(folder, ARCH, init_args=ARGS)
+    assert code == 0, text
+    assert "format:          dcp" in text
+    assert "files:           .metadata + 1 rank files: __0_0.distcp" in text
+    assert "entries:         'model', 'optimizer'" in text
+    assert "serves:          'model': the known wrapper key 'model'; 'optimizer' not read" in text
+    assert f"OK: loads into {ARCH}" in text
+
+
+def test_an_index_reports_its_shards_and_total_size(tmp_path: Path) -> None:
+    from tests.support.training import ARCH, ARGS, save_sharded, trained
+
+    index = save_sharded(trained(seed=2)[0].state_dict(), tmp_path / "hf", kind="safetensors", shards=2)
+    code, text = _inspect(index.parent, ARCH, init_args=ARGS)
+    total = sum(file.stat().st_size for file in index.parent.iterdir())
+    shards = sorted(index.parent.glob("*-of-*"))
+    assert code == 0, text
+    assert "format:          sharded-safetensors" in text
+    assert f"({total:,} bytes)" in text
+    assert f"model.safetensors.index.json + {len(shards)} shards: {shards[0].name}" in text
+    shards[-1].unlink()
+    code, text = _inspect(index)
+    assert code == 2 and f"{shards[-1].name} of checkpoint" in text and "is missing" in text
+
+
+def test_an_ema_file_says_the_averaged_weights_serve(tmp_path: Path, make_net: NetFactory) -> None:
+    path = tmp_path / "timm.pth"
+    state = make_net(seed=0).state_dict()
+    torch.save({"state_dict": state, "state_dict_ema": state}, path)
+    code, text = _inspect(path)
+    assert code == 0
+    assert "entries:         'state_dict_ema', 'state_dict'" in text
+    assert "serves:          'state_dict_ema': the averaged (EMA) weights serve by default" in text
+    code, text = _inspect(path, state_dict_key="state_dict")
+    assert "serves:          'state_dict': state_dict_key names it" in text

@@ -172,3 +172,23 @@ def test_class_mask_is_torch_argmax_ties_and_layouts_included(
     mask = class_mask(scores)
     assert mask.dtype == torch.uint8
     assert torch.equal(mask.long(), scores.argmax(dim=0))
+
+
+def test_every_task_the_config_allows_has_its_object() -> None:
+    from typing import get_args
+
+    from service.config import TaskName
+    from service.pipeline.tasks import task_names
+
+    assert task_names() == set(get_args(TaskName))
+
+
+def test_each_task_owns_its_v2_outputs_and_playground_hints() -> None:
+    classification, segmentation = ClassificationTask(), SegmentationTask()
+    assert [o["name"] for o in classification.v2_outputs(10, (8, 8))] == list(classification.outputs)
+    assert segmentation.v2_outputs(3, (8, 6)) == [{"name": "mask", "datatype": "UINT8", "shape": [-1, 8, 6]}]
+    assert classification.playground.top_k and not classification.playground.mask
+    assert segmentation.playground.mask and not segmentation.playground.top_k
+    wants = classification.v2_wants([("probabilities", 3), ("class_index", None)])
+    assert (wants.top_k, wants.probabilities, wants.mask_png) == (3, False, False)
+    assert classification.v2_wants([("probabilities", None)]).probabilities

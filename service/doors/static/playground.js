@@ -84,7 +84,7 @@ async function loadModels() {
 async function selectModel(name) {
   const model = await apiJson(`models/${encodeURIComponent(name)}`);
   models.set(name, model);
-  byId("top-k-field").hidden = model.task !== "classification";
+  byId("top-k-field").hidden = !model.playground.top_k;  // the server's hints, never the task's name
   byId("model-info").textContent =
     `${model.name}: ${model.architecture} · version ${model.version ?? "loading"} · ${placement(model.devices)}`;
   showPageError("");
@@ -104,7 +104,7 @@ async function predictOne(file, model, topK) {
   const form = new FormData();
   form.append("file", file, file.name);
   const params = new URLSearchParams({ model: model.name });
-  if (model.task === "classification") params.set("top_k", String(topK));
+  if (model.playground.top_k) params.set("top_k", String(topK));
   const started = performance.now();
   const answer = await apiJson(`predict?${params}`, { method: "POST", body: form });
   return { answer, elapsedMs: performance.now() - started };
@@ -129,10 +129,10 @@ async function handleFile(file, model, topK) {
     card.meta.textContent =
       `${answer.model} · version ${answer.version} · ${Math.round(elapsedMs)} ms`;
     const prediction = answer.predictions[0];
-    if (answer.task === "classification") {
-      renderClassification(card.body, file, prediction);
-    } else {
+    if (model.playground.mask) {
       await renderSegmentation(card.body, file, prediction, model.labels);
+    } else {
+      renderClassification(card.body, file, prediction);
     }
     card.root.dataset.state = "done";
   } catch (error) {
