@@ -526,7 +526,7 @@ async def test_two_replicas_swap_together_under_load(tmp_path: Path) -> None:
             )
 
         async def reload(n: int) -> httpx.Response:
-            await asyncio.sleep(0.05 * n)
+            await asyncio.sleep(0.05 * n)  # pacing: the reloads spread over the requests
             target = "b.pt" if n % 2 == 0 else "a.pt"
             return await client.post("/models/m/reload", json={"checkpoint": target}, headers=ADMIN)
 
