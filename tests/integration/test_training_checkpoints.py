@@ -26,6 +26,7 @@ from tests.support.formats import FORMATS, dcp_folder, timm_file
 from tests.support.harness import ADMIN, model_entry, png, serving, write_config
 from tests.support.loadgen import PNG, matches, reference_scores
 from tests.support.training import ARCH, ARGS, fsdp2_save, save_dcp, save_sharded, trained
+from tests.support.waiting import await_until
 
 IMAGES = [png(v) for v in (0, 90, 200)] + [png(None, seed=1), png(None, size=(31, 9), seed=2)]
 
@@ -171,11 +172,10 @@ async def test_watch_on_a_folder_reloads_only_once_every_shard_is_there(
 
 
 async def _wait_for(client: httpx.AsyncClient, condition: Callable[[str], bool], what: str) -> None:
-    for _ in range(200):
-        if condition((await client.get("/metrics")).text):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within 10 s: {what}")
+    async def holds() -> bool:
+        return condition((await client.get("/metrics")).text)
+
+    await await_until(holds, 10, what, poll_s=0.05)
 
 
 def _reloads(text: str, outcome: str) -> float:

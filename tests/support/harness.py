@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -19,6 +18,7 @@ from service.app import create_app
 from service.checkpoints.architecture import build_model
 from service.config import ServeConfig, load_config
 from service.pipeline.runtime import Runtime
+from tests.support.waiting import await_until
 
 ADMIN = {"Authorization": "Bearer test-token"}
 
@@ -69,6 +69,13 @@ def png(value: int | None = None, size: tuple[int, int] = (20, 20), mode: str = 
     return buffer.getvalue()
 
 
+def _started(runtime: Runtime) -> bool:
+    """Whether every model loaded; a failed start is raised rather than waited out."""
+    if runtime.startup_error is not None:
+        raise runtime.startup_error
+    return runtime.registry.ready
+
+
 @asynccontextmanager
 async def serving(config: ServeConfig | Path) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
     """The app with its lifespan running and every model warm, behind an ASGI client."""
@@ -77,10 +84,7 @@ async def serving(config: ServeConfig | Path) -> AsyncIterator[tuple[httpx.Async
     app = create_app(config)
     runtime: Runtime = app.state.runtime
     async with app.router.lifespan_context(app):
-        while not runtime.registry.ready:
-            if runtime.startup_error is not None:
-                raise runtime.startup_error
-            await asyncio.sleep(0.01)
+        await await_until(lambda: _started(runtime), 120, "the models loaded", poll_s=0.01)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://model-serve") as client:
             yield client, runtime
