@@ -58,8 +58,9 @@ def write(kind: str, folder: Path, layers: int) -> Path:
     if kind == "dcp":
         import torch.distributed.checkpoint as dcp
 
-        moments = {k: {"exp_avg": torch.zeros_like(v), "exp_avg_sq": torch.zeros_like(v)}
-                   for k, v in state.items()}
+        moments = {
+            k: {"exp_avg": torch.zeros_like(v), "exp_avg_sq": torch.zeros_like(v)} for k, v in state.items()
+        }
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.save({"model": state, "optimizer": {"state": moments}}, checkpoint_id=path, no_dist=True)

@@ -92,7 +92,7 @@ def read_metadata(path: Path, *, trust_pickle: bool = False) -> Metadata:
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
-        loaded = (pickle.loads(data) if trust_pickle else _MetadataUnpickler(io.BytesIO(data)).load())
+        loaded = pickle.loads(data) if trust_pickle else _MetadataUnpickler(io.BytesIO(data)).load()
     except CheckpointError:
         raise
     except Exception as exc:  # a truncated pickle raises EOFError, UnpicklingError, ...

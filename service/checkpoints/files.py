@@ -146,8 +146,7 @@ def _check_zip(source: IO[bytes], path: Path) -> None:
                         pass  # ZipExtFile checks the CRC-32 at the record's end
     except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
         raise CheckpointError(
-            f"{path} is not a whole torch checkpoint (truncated or corrupt? still being "
-            f"written?): {exc}"
+            f"{path} is not a whole torch checkpoint (truncated or corrupt? still being written?): {exc}"
         ) from exc
 
 

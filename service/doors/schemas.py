@@ -163,6 +163,7 @@ RAW_IMAGE_TYPES = (
     "application/octet-stream",
 )
 
+
 def parameter(name: str, where: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     """An OpenAPI parameter of a route that reads its own request (path ones are required)."""
     required = where == "path"
@@ -171,9 +172,7 @@ def parameter(name: str, where: str, schema: dict[str, Any], description: str) -
 
 PREDICT_OPENAPI: dict[str, Any] = {
     "parameters": [
-        parameter(
-            "model", "query", {"type": "string"}, "model name; default: the configured default model"
-        ),
+        parameter("model", "query", {"type": "string"}, "model name; default: the configured default model"),
         parameter(
             "top_k",
             "query",

@@ -7,7 +7,6 @@ refusal is checked at start and on reload, with the old version still serving.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 from collections.abc import Callable
@@ -184,4 +183,3 @@ def _reloads(text: str, outcome: str) -> float:
             if sample.name == "model_serve_reloads_total" and sample.labels.get("outcome") == outcome:
                 return float(sample.value)
     return 0.0
-
