@@ -41,8 +41,11 @@ _ALLOWED_GLOBALS = {
     ("pathlib", "PurePosixPath"),
     ("collections", "OrderedDict"),
 }
-# DCP's own warning when no process group exists; one process is exactly what is meant here
+# DCP's own warning when no process group exists; one process is exactly what is meant here.
+# Filtered once, process-wide: ``catch_warnings`` around each load would swap the filters of
+# every thread while a reload runs beside requests.
 _SINGLE_PROCESS = "torch.distributed is disabled, unavailable or uninitialized"
+warnings.filterwarnings("ignore", message=_SINGLE_PROCESS, category=UserWarning)
 
 
 def read_dcp(layout: Layout, *, requested: str | None = None, trust_pickle: bool = False) -> RawCheckpoint:
@@ -79,7 +82,7 @@ def read_dcp(layout: Layout, *, requested: str | None = None, trust_pickle: bool
         ignored_keys=tuple(skipped),
         state_dict={fqn[len(prefix) :]: tensor for fqn, tensor in loaded.items()},
         storage_devices=("cpu",),
-        entries=tuple(roots) if entry is not None else (),
+        entries=tuple(dict.fromkeys(_root(fqn) for fqn in tensors)) if entry is not None else (),
         reason=reason,
         files=files,
     )
@@ -140,9 +143,7 @@ class _Reader(FileSystemReader):
 
 def _load(layout: Layout, trust_pickle: bool, state_dict: StateDict) -> StateDict:
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_SINGLE_PROCESS, category=UserWarning)
-            dcp_load(state_dict, storage_reader=_Reader(layout.folder, trust_pickle), no_dist=True)
+        dcp_load(state_dict, storage_reader=_Reader(layout.folder, trust_pickle), no_dist=True)
     except CheckpointError:
         raise
     except (Exception, CheckpointException) as exc:  # the latter is a BaseException: name it

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -63,24 +64,35 @@ def choose_entry(
     )
 
 
-def unwrap(
-    loaded: object, path: Path, requested: str | None = None
-) -> tuple[str | None, tuple[str, ...], StateDict, str]:
-    """The tensors of a loaded file: the object itself, or the entry ``choose_entry`` picks.
+class Unwrapped(NamedTuple):
+    """What ``unwrap`` found in a loaded file."""
 
-    Returns (entry name or None, the other top-level keys, the tensors, why that entry).
-    """
+    key: str | None
+    """The entry that serves, or None when the file is the state dict itself."""
+    ignored: tuple[str, ...]
+    """Every other top-level key (other entries, optimizer state, epoch, ...)."""
+    state_dict: StateDict
+    reason: str
+    """Why that entry serves; empty for a plain state dict."""
+    entries: tuple[str, ...]
+    """The top-level keys that hold state dicts, the serving one first; empty for a plain state dict."""
+
+
+def unwrap(loaded: object, path: Path, requested: str | None = None) -> Unwrapped:
+    """The tensors of a loaded file: the object itself, or the entry ``choose_entry`` picks."""
     direct = _tensor_dict(loaded)
     if direct is not None and requested is None:
         trimmed = without_average_count(direct)
         averaged = trimmed is not direct
         why = "an AveragedModel state dict (its n_averaged counter is not loaded)" if averaged else ""
-        return None, (), trimmed, why
+        return Unwrapped(None, (), trimmed, why, ())
     if not isinstance(loaded, dict):
         raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state_dict (a dict of tensors)")
     found = {str(k): tensors for k, value in loaded.items() if (tensors := _tensor_dict(value)) is not None}
     key, reason = choose_entry(list(found), requested, path, [str(k) for k in loaded])
-    return key, tuple(str(k) for k in loaded if k != key), without_average_count(found[key]), reason
+    ignored = tuple(str(k) for k in loaded if k != key)
+    entries = (key, *(name for name in found if name != key))
+    return Unwrapped(key, ignored, without_average_count(found[key]), reason, entries)
 
 
 def _tensor_dict(value: object) -> StateDict | None:

@@ -225,10 +225,17 @@ def _parse(
         if whole.data.startswith(_ZIP_MAGIC):  # the legacy format has no checksums to check
             check_torch_zip(whole)
         loaded, devices = read_torch(whole.data, whole.path, device, trust_pickle)
-    wrapper_key, ignored, state_dict, reason = unwrap(loaded, whole.path, state_dict_key)
-    entries = (wrapper_key, *ignored) if wrapper_key else ()
+    unwrapped = unwrap(loaded, whole.path, state_dict_key)
     return RawCheckpoint(
-        whole.path, file_format, wrapper_key, ignored, state_dict, devices, entries, reason, (whole.path,)
+        whole.path,
+        file_format,
+        unwrapped.key,
+        unwrapped.ignored,
+        unwrapped.state_dict,
+        devices,
+        unwrapped.entries,
+        unwrapped.reason,
+        (whole.path,),
     )
 
 

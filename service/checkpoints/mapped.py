@@ -67,10 +67,17 @@ def read_mapped(
             f"{path.name} changed while it was being read: it is still being written. Publish "
             "checkpoints by writing a temporary file in the same folder and renaming it over this one"
         )
-    wrapper_key, ignored, state_dict, reason = unwrap(loaded, path, state_dict_key)
-    entries = (wrapper_key, *ignored) if wrapper_key else ()
+    unwrapped = unwrap(loaded, path, state_dict_key)
     raw = RawCheckpoint(
-        path, file_format, wrapper_key, ignored, state_dict, devices, entries, reason, (path,)
+        path,
+        file_format,
+        unwrapped.key,
+        unwrapped.ignored,
+        unwrapped.state_dict,
+        devices,
+        unwrapped.entries,
+        unwrapped.reason,
+        (path,),
     )
     return raw, sha256[:_SHORT]
 

@@ -161,10 +161,12 @@ def test_an_index_reports_its_shards_and_total_size(tmp_path: Path) -> None:
 def test_an_ema_file_says_the_averaged_weights_serve(tmp_path: Path, make_net: NetFactory) -> None:
     path = tmp_path / "timm.pth"
     state = make_net(seed=0).state_dict()
-    torch.save({"state_dict": state, "state_dict_ema": state}, path)
+    optimizer = torch.optim.SGD(make_net(seed=0).parameters(), lr=0.1, momentum=0.9).state_dict()
+    torch.save({"epoch": 3, "state_dict": state, "optimizer": optimizer, "state_dict_ema": state}, path)
     code, text = _inspect(path)
     assert code == 0
-    assert "entries:         'state_dict_ema', 'state_dict'" in text
+    entries = next(line for line in text.splitlines() if line.startswith("entries:"))
+    assert entries == "entries:         'state_dict_ema', 'state_dict'"  # not epoch nor optimizer
     assert "serves:          'state_dict_ema': the averaged (EMA) weights serve by default" in text
     code, text = _inspect(path, state_dict_key="state_dict")
     assert "serves:          'state_dict': state_dict_key names it" in text
