@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as triton_aio
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
 from tests.support.harness import ADMIN, model_entry, png, save_random_weights, write_config
@@ -232,3 +234,25 @@ def test_cancelling_the_stream_cancels_its_requests_in_flight(
     assert cancelled >= 3, f"only {cancelled} of 4 requests were cancelled"
     assert _samples(streaming, "model_serve_in_flight_requests", model="slow") == 0
     assert streaming.server.log().count("gRPC ModelStreamInfer CANCELLED") >= 3
+
+
+def test_a_message_that_does_not_parse_ends_the_stream_with_invalid_argument(
+    streaming: Streaming, client: triton_grpc.InferenceServerClient
+) -> None:
+    with grpc.insecure_channel(streaming.server.grpc_address) as channel:
+        call = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            request_serializer=lambda raw: raw,
+            response_deserializer=pb.ModelStreamInferResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            list(call(iter([b"\xff\xff\xff not protobuf"]), timeout=10))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid inference.ModelInferRequest" in (refused.value.details() or "")
+    assert "Traceback" not in streaming.server.log()
+    collected = Collected()
+    client.start_stream(collected)
+    _send(client, 0)
+    ((result, error),) = collected.wait_for(1)
+    client.stop_stream()
+    assert error is None and _check(streaming, result) == (0, streaming.versions["a.pt"])

@@ -102,8 +102,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         with its own access line; an error is that request's ``error_message`` (see ``stream``)."""
         peer = context.peer()
         client = peer.partition(":")[2] or peer
-        async for response in answered(requests, lambda one: self._streamed(one, client), self.window):
-            yield response
+        try:
+            async for response in answered(requests, lambda one: self._streamed(one, client), self.window):
+                yield response
+        except DecodeError:  # grpc's reader of the stream is done with: the stream ends here
+            message = "a message on the stream is not a valid inference.ModelInferRequest"
+            await _abort(context, BadRequest(message))
 
     async def _streamed(self, request: Any, client: str) -> Any:
         access = Access("grpc", "ModelStreamInfer", _STREAM_PATH, client, self.ids.choose(request.id or None))

@@ -126,6 +126,40 @@ def _audit_refusal(
 # --- REST ------------------------------------------------------------------------------------
 
 
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional JSON request body, for the OpenAPI page (the handlers read it themselves)."""
+    return {"required": False, "content": {"application/json": {"schema": schema}}}
+
+
+_ERROR = {"content": {"application/json": {"schema": {"properties": {"error": {"type": "string"}}}}}}
+_INDEX_OPENAPI = {"requestBody": _json_body({"properties": {"ready": {"type": "boolean"}}})}
+_ADMIN_OPENAPI: dict[str, Any] = {"security": [{"AdminToken": []}]}
+_LOAD_OPENAPI: dict[str, Any] = {
+    **_ADMIN_OPENAPI,
+    "requestBody": _json_body(
+        {
+            "properties": {
+                "parameters": {
+                    "type": "object",
+                    "properties": {"checkpoint": {"type": "string", "description": "under checkpoint_root"}},
+                    "additionalProperties": False,
+                }
+            }
+        }
+    ),
+}
+_ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": what, **_ERROR}
+    for status, what in (
+        (400, "a bad body or load parameter"),
+        (401, "missing or wrong admin token"),
+        (403, "checkpoint path outside checkpoint_root"),
+        (404, "unknown model or checkpoint file"),
+        (422, "the checkpoint does not load into the architecture"),
+    )
+}
+
+
 def _runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
@@ -137,7 +171,12 @@ def _asker(request: Request) -> Asker:
     return Asker(bearer_token(request.headers.get("authorization")), address)
 
 
-@router.post("/index", summary="Repository index: every model and its state")
+@router.post(
+    "/index",
+    summary="Repository index: every model and its state",
+    openapi_extra=_INDEX_OPENAPI,
+    responses={400: {"description": "a bad body", **_ERROR}},
+)
 async def repository_index(request: Request) -> Response:
     try:
         ready = _parsed(await request.body()).get("ready", False)
@@ -148,7 +187,12 @@ async def repository_index(request: Request) -> Response:
     return json_response(index(_runtime(request), ready_only=ready))
 
 
-@router.post("/models/{name}/load", summary="Load a model (admin): reload it, or bring an unloaded one back")
+@router.post(
+    "/models/{name}/load",
+    summary="Load a model (admin): reload it, or bring an unloaded one back",
+    openapi_extra=_LOAD_OPENAPI,
+    responses=_ADMIN_RESPONSES,
+)
 async def repository_load(name: str, request: Request) -> Response:
     note_model(name)
     body = await request.body()
@@ -181,7 +225,12 @@ def _parsed(body: bytes) -> dict[str, Any]:
     return document
 
 
-@router.post("/models/{name}/unload", summary="Unload a model (admin): it stops serving until loaded")
+@router.post(
+    "/models/{name}/unload",
+    summary="Unload a model (admin): it stops serving until loaded",
+    openapi_extra=_ADMIN_OPENAPI,
+    responses={status: _ADMIN_RESPONSES[status] for status in (401, 404)},
+)
 async def repository_unload(name: str, request: Request) -> Response:
     note_model(name)
     try:
