@@ -338,3 +338,30 @@ async def test_unload_lets_requests_in_flight_finish_then_frees_the_weights(tmp_
         assert loaded.status_code == 200 and loaded.json()["previous_version"] is None, loaded.text
         again = await client.post("/predict?model=s", content=IMAGES[0], headers=PNG)
         assert again.status_code == 200 and matches(again.json()["predictions"][0], expected)
+
+
+@pytest.mark.anyio
+async def test_a_model_being_loaded_back_is_loading_and_refused_until_it_serves(tmp_path: Path) -> None:
+    """The warm-up batch takes ``delay_s``: long enough to see the load in progress."""
+    args = {"delay_s": 0.5, "in_channels": 1, "num_classes": 3}
+    model = save_random_weights(ARCH, args, tmp_path / "s.pt")
+    expected = reference_scores(model, IMAGES[:1])[0]
+    config = write_config(tmp_path, {"s": model_entry(ARCH, "s.pt", init_args=args)})
+    async with serving(config) as (client, runtime):
+        assert (await client.post("/v2/repository/models/s/unload", headers=ADMIN)).status_code == 200
+
+        async def state() -> str:
+            answer = await client.post("/v2/repository/index")
+            entry: dict[str, str] = answer.json()[0]
+            return entry["state"]
+
+        assert await state() == "UNAVAILABLE"
+        loading = asyncio.ensure_future(client.post("/v2/repository/models/s/load", headers=ADMIN))
+        await await_until(lambda: runtime.registry.models["s"].reload_lock.locked(), 10, "the load begun")
+        assert await state() == "LOADING"
+        refused = await client.post("/predict?model=s", content=IMAGES[0], headers=PNG)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "model_unloaded"
+        assert (await loading).status_code == 200
+        assert await state() == "READY"
+        served = await client.post("/predict?model=s", content=IMAGES[0], headers=PNG)
+        assert served.status_code == 200 and matches(served.json()["predictions"][0], expected)
