@@ -119,8 +119,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             _finish(access, grpc.StatusCode[error.grpc_code])
             failed = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
             return pb.ModelStreamInferResponse(error_message=error.message, infer_response=failed)
-        except asyncio.CancelledError:  # the stream ended early
-            _finish(access, grpc.StatusCode.CANCELLED)
+        except BaseException as exc:  # the stream ended early (cancelled), or a bug (UNKNOWN)
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            _finish(access, grpc.StatusCode.CANCELLED if cancelled else grpc.StatusCode.UNKNOWN)
             raise
         _finish(access, grpc.StatusCode.OK)
         return response
