@@ -104,6 +104,9 @@ class Registry:
             return served.active.version if served.active else None
 
         async def reload(path: Path) -> object:
+            if served.unloaded:  # only a load brings it back, from whichever file it names
+                log.info("model %s is unloaded: changed checkpoint %s not loaded", served.name, path)
+                return None
             return await self.reload(served.name, path)
 
         return watch_checkpoint(served.spec.checkpoint, current, reload, self.config.server.watch_interval_s)
