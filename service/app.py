@@ -25,6 +25,7 @@ from service.config import ServeConfig
 from service.doors.predict import predict, router
 from service.doors.render import error_response
 from service.doors.ui import install_ui
+from service.doors.v2.repository import router as repository_router
 from service.doors.v2.rest import infer_route, infer_target
 from service.doors.v2.rest import router as v2_router
 from service.errors import InvalidParameter, NotFound, ServeError
@@ -86,6 +87,7 @@ def create_app(
     app.state.lifecycle = lifecycle
     app.request_ids = RequestIds()
     app.include_router(router)
+    app.include_router(repository_router)  # before v2_router: its routes stay its own
     app.include_router(v2_router)
     install_ui(app)
     _add_error_handlers(app)

@@ -119,6 +119,15 @@ class NotReady(ServeError):
     grpc_code = "UNAVAILABLE"
 
 
+class ModelUnloaded(ServeError):
+    """The model was unloaded through the repository extension; it serves again once loaded.
+    400 as Triton answers it; FAILED_PRECONDITION, not UNAVAILABLE: retrying cannot help."""
+
+    code = "model_unloaded"
+    status = 400
+    grpc_code = "FAILED_PRECONDITION"
+
+
 class PredictionTimeout(ServeError):
     """The request's deadline passed before its prediction was ready."""
 

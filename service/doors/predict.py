@@ -4,7 +4,6 @@ route -> decode (worker pool) -> batcher -> replica -> postprocess -> response.
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -15,6 +14,7 @@ from starlette.responses import Response
 
 from service.checkpoints.paths import resolve_checkpoint
 from service.doors import schemas
+from service.doors.admin import check_admin
 from service.doors.intake import departure_of, image_blobs, parse_top_k, query_values, read_body
 from service.doors.render import error_response, json_response
 from service.errors import (
@@ -118,14 +118,11 @@ async def require_admin(
 ) -> None:
     """``Authorization: Bearer <token>``, compared in constant time; a refusal is audited.
     Async: a check this cheap needs no thread-pool hop, so admin calls keep their arrival order."""
-    if bearer is None or not bearer.credentials.strip():
-        error = Unauthorized("admin routes need 'Authorization: Bearer <MODEL_SERVE_ADMIN_TOKEN>'")
-    elif not hmac.compare_digest(bearer.credentials.strip().encode(), runtime.admin_token.encode()):
-        error = Unauthorized("the admin token is wrong")
-    else:
-        return
-    _audit_refusal(request, error)
-    raise error
+    try:
+        check_admin(runtime.admin_token, bearer.credentials if bearer is not None else None)
+    except Unauthorized as error:
+        _audit_refusal(request, error)
+        raise
 
 
 # What every admin route shares: the token check, the answer's schema and its refusals.

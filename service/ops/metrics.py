@@ -25,7 +25,8 @@ from prometheus_client.registry import Collector
 
 PREFIX = "model_serve_"
 UNKNOWN_MODEL = "_unknown"
-RELOAD_OUTCOMES = ("success", "unchanged", "failure", "rollback")
+# "load" and "unload": the repository extension bringing an unloaded model back, unloading one
+RELOAD_OUTCOMES = ("success", "unchanged", "failure", "rollback", "load", "unload")
 FAILED_BATCH_REASONS = ("exception", "non_finite_output")  # others appear when they happen
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -85,7 +86,7 @@ class Metrics:
             "model_info", "The version serving each model (value 1).", ["model", "version", "architecture"]
         )
         self.reloads = self._counter(
-            "reloads", "Hot reloads and rollbacks, by outcome.", ["model", "outcome"]
+            "reloads", "Hot reloads, rollbacks, loads and unloads, by outcome.", ["model", "outcome"]
         )
         self.load_duration = self._gauge(
             "model_load_duration_seconds", "How long the serving version took to load and warm up.", ["model"]
@@ -119,10 +120,14 @@ class Metrics:
 
     def set_model_info(self, model: str, version: str, architecture: str) -> None:
         """Exactly one info series per model: the version serving now."""
+        self.clear_model_info(model)
+        self.model_info.labels(model, version, architecture).set(1)
+
+    def clear_model_info(self, model: str) -> None:
+        """No info series for ``model``: it serves no version (unloaded)."""
         for labels in list(_label_sets(self.model_info)):
             if labels[0] == model:
                 self.model_info.remove(*labels)
-        self.model_info.labels(model, version, architecture).set(1)
 
 
 class ModelMetrics:

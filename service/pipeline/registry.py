@@ -22,7 +22,7 @@ from service.checkpoints.architecture import build_model
 from service.checkpoints.loading import install, read_verified
 from service.checkpoints.watcher import watch_checkpoint
 from service.config import ModelSpec, ServeConfig
-from service.errors import CheckpointError, ConfigError, InvalidParameter, NotFound, ServeError
+from service.errors import CheckpointError, ConfigError, InvalidParameter, NotFound, NotReady, ServeError
 from service.ops.metrics import Metrics
 from service.pipeline.batch_cap import BatchCost, bucket_sizes
 from service.pipeline.batching import DynamicBatcher
@@ -54,8 +54,9 @@ class Registry:
 
     @property
     def ready(self) -> bool:
-        """Every model loaded, warm, and with all its replica loops running."""
-        return self.started and all(served.ready for served in self.models.values())
+        """Every model loaded, warm, and with all its replica loops running; a model unloaded
+        on purpose does not count (as Triton: the other models still serve)."""
+        return self.started and all(served.ready or served.unloaded for served in self.models.values())
 
     def get(self, name: str | None) -> ServedModel:
         """The named model (the default one for ``None``); 404 when unknown."""
@@ -103,6 +104,9 @@ class Registry:
             return served.active.version if served.active else None
 
         async def reload(path: Path) -> object:
+            if served.unloaded:  # only a load brings it back, from whichever file it names
+                log.info("model %s is unloaded: changed checkpoint %s not loaded", served.name, path)
+                return None
             return await self.reload(served.name, path)
 
         return watch_checkpoint(served.spec.checkpoint, current, reload, self.config.server.watch_interval_s)
@@ -123,34 +127,82 @@ class Registry:
 
     async def reload(self, name: str, checkpoint: Path) -> tuple[str | None, str, bool]:
         """Loads ``checkpoint`` beside the serving weights, checks it, swaps it in; the same
-        content as the serving version changes nothing (the rollback target is kept)."""
+        content as the serving version changes nothing (the rollback target is kept). An
+        unloaded model is refused: only a load brings it back."""
         served = self.get(name)
         async with served.reload_lock:
-            previous = served.active.version if served.active else None
-            shown = _shown(checkpoint, self.config.checkpoint_root)
-            try:
-                version = await self._load_and_warm(served, checkpoint, unless=previous)
-            except CheckpointError as exc:
-                self.metrics.reloads.labels(name, "failure").inc()
-                raise CheckpointError(exc.message.replace(str(checkpoint), shown)) from exc
-            except ServeError:
-                self.metrics.reloads.labels(name, "failure").inc()
-                raise
-            except Exception as exc:
-                self.metrics.reloads.labels(name, "failure").inc()
-                raise CheckpointError(f"{shown} failed: {type(exc).__name__}: {exc}") from exc
-            if version is None:
-                self.metrics.reloads.labels(name, "unchanged").inc()
-                assert previous is not None
-                return previous, previous, False
+            if served.unloaded:
+                raise served.unloaded_error()
+            return await self._swap(served, checkpoint)
+
+    async def load(self, name: str, checkpoint: Path) -> tuple[str | None, str, bool]:
+        """The repository extension's load: a reload of a served model; an unloaded one is
+        loaded and warmed on every replica first, then serves again (with no rollback target)."""
+        served = self.get(name)
+        async with served.reload_lock:
+            if not served.unloaded:
+                return await self._swap(served, checkpoint)
+            version = await self._checked(served, checkpoint, unless=None)
+            assert version is not None  # nothing serves, so nothing to be unchanged from
+            served.unloaded = False
             self._activate(served, version)
-            self.metrics.reloads.labels(name, "success").inc()
-            return previous, version.version, True
+            self.metrics.reloads.labels(name, "load").inc()
+            return None, version.version, True
+
+    async def unload(self, name: str) -> str | None:
+        """Stops serving ``name``: new requests are refused, the ones already queued finish on
+        their pinned version, and then nothing holds its weights. The version it served (None
+        when it was already unloaded: nothing changes)."""
+        served = self.get(name)
+        async with served.reload_lock:
+            if served.unloaded:
+                return None
+            if served.active is None:
+                raise NotReady(f"model {name!r} is still loading; unload it once it serves")
+            gone = served.active.version
+            served.unloaded = True
+            served.active = served.previous = None
+            self.metrics.clear_model_info(name)
+            self.metrics.reloads.labels(name, "unload").inc()
+            log.info("model %s unloaded (was serving version %s)", name, gone)
+            return gone
+
+    async def _swap(self, served: ServedModel, checkpoint: Path) -> tuple[str | None, str, bool]:
+        """A reload, under the model's lock: (previous version, version, whether it changed)."""
+        previous = served.active.version if served.active else None
+        version = await self._checked(served, checkpoint, unless=previous)
+        if version is None:
+            self.metrics.reloads.labels(served.name, "unchanged").inc()
+            assert previous is not None
+            return previous, previous, False
+        self._activate(served, version)
+        self.metrics.reloads.labels(served.name, "success").inc()
+        return previous, version.version, True
+
+    async def _checked(
+        self, served: ServedModel, checkpoint: Path, *, unless: str | None
+    ) -> ModelVersion | None:
+        """``_load_and_warm``, with a failure counted and its message naming the file as the
+        client named it."""
+        shown = _shown(checkpoint, self.config.checkpoint_root)
+        try:
+            return await self._load_and_warm(served, checkpoint, unless=unless)
+        except CheckpointError as exc:
+            self.metrics.reloads.labels(served.name, "failure").inc()
+            raise CheckpointError(exc.message.replace(str(checkpoint), shown)) from exc
+        except ServeError:
+            self.metrics.reloads.labels(served.name, "failure").inc()
+            raise
+        except Exception as exc:
+            self.metrics.reloads.labels(served.name, "failure").inc()
+            raise CheckpointError(f"{shown} failed: {type(exc).__name__}: {exc}") from exc
 
     async def rollback(self, name: str) -> tuple[str, str]:
         """Swaps the previous version back in (it stays in memory for this)."""
         served = self.get(name)
         async with served.reload_lock:
+            if served.unloaded:
+                raise served.unloaded_error()
             if served.previous is None or served.active is None:
                 raise InvalidParameter(f"model {name!r} has no previous version to roll back to")
             current = served.active

@@ -176,31 +176,41 @@ class Replica:
         """Pull and run batches until cancelled; every batch taken is settled or failed, and
         each one served is a sample of ``cost``: its size as run (padding included) and its
         core-seconds (see ``BatchCost``)."""
-        loop = asyncio.get_running_loop()
         while True:
-            batch = await batcher.next_batch()
-            self.busy = True
-            started = time.monotonic()
-            try:
-                measured = await loop.run_in_executor(
-                    self._executor, self.run_measured, batch.tag, batch.payloads, task, batcher.depth > 0
-                )
-            except asyncio.CancelledError:
-                batch.fail(NotReady("the server is shutting down; retry on another instance"))
-                raise
-            except Exception as exc:
-                metrics.failed_batch(exc.code if isinstance(exc, ServeError) else "exception")
-                self._fail(batch, exc)
-                continue
-            finally:
-                self.busy = False
-            compute_s = time.monotonic() - started
-            batch.settle(measured.outputs)
-            self.batches_served += 1
-            size = len(measured.outputs)
-            metrics.observe_batch(self.device_key, size, started - batch.oldest_enqueued_at, compute_s)
-            if cost is not None:
-                cost.add(batch.tag.device_models[self.slot].padded_size(size), measured.core_seconds)
+            # the batch is a local of the call, not of this loop: once answered, nothing here
+            # holds its version (an unloaded model's weights are freed)
+            await self._serve_batch(await batcher.next_batch(), batcher, task, metrics, cost)
+
+    async def _serve_batch(
+        self,
+        batch: Batch[Job, ModelVersion],
+        batcher: DynamicBatcher[Job, ModelVersion],
+        task: Task,
+        metrics: ModelMetrics,
+        cost: BatchCost | None,
+    ) -> None:
+        self.busy = True
+        started = time.monotonic()
+        try:
+            measured = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.run_measured, batch.tag, batch.payloads, task, batcher.depth > 0
+            )
+        except asyncio.CancelledError:
+            batch.fail(NotReady("the server is shutting down; retry on another instance"))
+            raise
+        except Exception as exc:
+            metrics.failed_batch(exc.code if isinstance(exc, ServeError) else "exception")
+            self._fail(batch, exc)
+            return
+        finally:
+            self.busy = False
+        compute_s = time.monotonic() - started
+        batch.settle(measured.outputs)
+        self.batches_served += 1
+        size = len(measured.outputs)
+        metrics.observe_batch(self.device_key, size, started - batch.oldest_enqueued_at, compute_s)
+        if cost is not None:
+            cost.add(batch.tag.device_models[self.slot].padded_size(size), measured.core_seconds)
 
     def run(
         self, version: ModelVersion, jobs: Sequence[Job], task: Task, work_waiting: bool = False

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from service.config import ModelSpec, ServerSpec
-from service.errors import NotFound, NotReady
+from service.errors import ModelUnloaded, NotFound, NotReady
 from service.images.decode import Opened, is_tiny, open_image, prepare_image
 from service.ops.metrics import ModelMetrics
 from service.pipeline.batch_cap import BatchCost
@@ -46,7 +46,8 @@ class ServedModel:
     active: ModelVersion | None = None
     previous: ModelVersion | None = None
     replicas_down: set[int] = field(default_factory=set)
-    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # load, unload, reload, rollback
+    unloaded: bool = False  # by the repository extension's unload, until a load
 
     @property
     def ready(self) -> bool:
@@ -71,7 +72,9 @@ class ServedModel:
 
     def pin(self, version: str | None = None) -> ModelVersion:
         """The version a request will be answered by: the active one, which ``version`` (when
-        given) must name; 503 while none is ready, 404 for any other version."""
+        given) must name; 400 once unloaded, 503 while none is ready, 404 for any other version."""
+        if self.unloaded:
+            raise self.unloaded_error()
         active = self.active
         if active is None or not self.ready:
             raise NotReady(
@@ -79,6 +82,12 @@ class ServedModel:
             )
         self.check_version(version)
         return active
+
+    def unloaded_error(self) -> ModelUnloaded:
+        """What a request for this model hears while it is unloaded: how to bring it back."""
+        return ModelUnloaded(
+            f"model {self.name!r} is unloaded; load it with POST /v2/repository/models/{self.name}/load"
+        )
 
     def check_version(self, version: str | None) -> None:
         """404 when ``version`` is given and is not the one serving (nothing to check before

@@ -187,7 +187,7 @@ def test_server_health_and_metadata_through_both_doors(
     expected = {
         "name": "model-serve",
         "version": __version__,
-        "extensions": ["binary_tensor_data", "classification"],
+        "extensions": ["binary_tensor_data", "classification", "model_repository"],
     }
     assert http_client.get_server_metadata() == expected
     grpc_metadata = grpc_client.get_server_metadata()

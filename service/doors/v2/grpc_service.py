@@ -2,7 +2,8 @@
 in the server's own process and event loop, on the same pipeline as ``/predict``.
 
 The protocol messages are tritonclient's compiled ``service_pb2`` (Triton's superset of the
-KServe v2 proto; the RPCs it adds answer UNIMPLEMENTED). Inputs come as ``raw_input_contents``
+KServe v2 proto: its repository extension and ``ModelStreamInfer`` are served, the other RPCs it
+adds answer UNIMPLEMENTED). Inputs come as ``raw_input_contents``
 or typed ``contents``; outputs always go as ``raw_output_contents``.
 """
 
@@ -12,7 +13,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -20,9 +21,12 @@ from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from service.doors.admin import bearer_token
+from service.doors.v2 import repository
 from service.doors.v2.infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
+from service.doors.v2.stream import answered
 from service.doors.v2.tensors import InputTensor, from_contents, from_raw, parse_shape, to_raw
-from service.errors import BadRequest, ConfigError, ServeError
+from service.errors import BadRequest, ConfigError, NotFound, ServeError
 from service.ops.access import Access, RequestIds, note_model, note_status
 from service.pipeline.call import Call, accounted
 from service.pipeline.runtime import Runtime
@@ -52,6 +56,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.ids = RequestIds()  # the access lines' ids of streamed requests
+        # a stream may hold one full batch of any model in flight, and no more
+        self.window = max(spec.batching.max_batch_size for spec in runtime.config.models.values())
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerLiveResponse(live=self.runtime.startup_error is None)
@@ -85,20 +92,84 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         )
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await self._accounted(request)
+        except ServeError as error:
+            await _abort(context, error)
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        """Triton's bidirectional stream: each request answered as ``ModelInfer`` answers it,
+        with its own access line; an error is that request's ``error_message`` (see ``stream``)."""
+        peer = context.peer()
+        client = peer.partition(":")[2] or peer
+        try:
+            async for response in answered(requests, lambda one: self._streamed(one, client), self.window):
+                yield response
+        except DecodeError:  # grpc's reader of the stream is done with: the stream ends here
+            message = "a message on the stream is not a valid inference.ModelInferRequest"
+            await _abort(context, BadRequest(message))
+
+    async def _streamed(self, request: Any, client: str) -> Any:
+        access = Access("grpc", "ModelStreamInfer", _STREAM_PATH, client, self.ids.choose(request.id or None))
+        access.begin()
+        try:
+            response = pb.ModelStreamInferResponse(infer_response=await self._accounted(request))
+        except ServeError as error:
+            note_status(error.status)
+            _finish(access, grpc.StatusCode[error.grpc_code])
+            failed = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+            return pb.ModelStreamInferResponse(error_message=error.message, infer_response=failed)
+        except BaseException as exc:  # the stream ended early (cancelled), or a bug (UNKNOWN)
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            _finish(access, grpc.StatusCode.CANCELLED if cancelled else grpc.StatusCode.UNKNOWN)
+            raise
+        _finish(access, grpc.StatusCode.OK)
+        return response
+
+    async def _accounted(self, request: Any) -> Any:
+        """One inference request, counted in its model's metrics (a refusal is raised)."""
         runtime = self.runtime
         note_model(request.model_name, request.model_version or None)
         served = runtime.registry.models.get(request.model_name)
         with accounted(served.metrics if served is not None else runtime.unknown_model_metrics) as answer:
             try:
-                response = await self._infer(request, self.runtime.registry.named(request.model_name))
+                response = await self._infer(request, runtime.registry.named(request.model_name))
             except ServeError as error:
                 answer.failed(error)
-                await _abort(context, error)
+                raise
             except asyncio.CancelledError:  # the client cancelled or its deadline passed
                 answer.status = 499
                 raise
             answer.status = 200
         return response
+
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if request.repository_name:
+            await _abort(context, _unknown_repository(request.repository_name))
+        models = repository.index(self.runtime, ready_only=request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**m) for m in models])
+
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        note_model(request.model_name)
+        try:
+            if request.repository_name:
+                raise _unknown_repository(request.repository_name)
+            await repository.load(
+                self.runtime, request.model_name, lambda: _parameters(request.parameters), _asker(context)
+            )
+        except ServeError as error:
+            await _abort(context, error)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        note_model(request.model_name)
+        try:
+            if request.repository_name:
+                raise _unknown_repository(request.repository_name)
+            await repository.unload(self.runtime, request.model_name, _asker(context))
+        except ServeError as error:
+            await _abort(context, error)
+        return pb.RepositoryModelUnloadResponse()
 
     async def _infer(self, request: Any, served: ServedModel) -> Any:
         # gRPC has received the whole message: the deadline is the server's from the start
@@ -117,6 +188,30 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             ],
             raw_output_contents=[to_raw(tensor) for tensor in outputs],
         )
+
+
+_STREAM_PATH = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+def _asker(context: grpc.aio.ServicerContext) -> repository.Asker:
+    metadata = context.invocation_metadata() or ()
+    given = next((value for key, value in metadata if key == "authorization"), None)
+    peer = context.peer()
+    token = bearer_token(given if isinstance(given, str) else None)
+    return repository.Asker(token, peer.partition(":")[2] or peer)
+
+
+def _parameters(parameters: Mapping[str, Any]) -> dict[str, object]:
+    """A load's ``ModelRepositoryParameter`` map as plain values (None: no value set)."""
+    values: dict[str, object] = {}
+    for key, parameter in parameters.items():
+        chosen = parameter.WhichOneof("parameter_choice")
+        values[key] = getattr(parameter, chosen) if chosen else None
+    return values
+
+
+def _unknown_repository(name: str) -> NotFound:
+    return NotFound(f"no repository named {name!r}: model-serve has one; leave repository_name empty")
 
 
 def _inputs(request: Any) -> list[InputTensor]:

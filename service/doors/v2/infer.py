@@ -24,7 +24,7 @@ from service.pipeline.replica import ModelVersion
 from service.pipeline.served import ServedModel
 from service.pipeline.tasks import Job, Wants
 
-EXTENSIONS = ("binary_tensor_data", "classification")
+EXTENSIONS = ("binary_tensor_data", "classification", "model_repository")
 IMAGE, TENSOR = "image", "input"
 
 
