@@ -71,6 +71,12 @@ class Batch(Generic[PayloadT, TagT]):
     def oldest_enqueued_at(self) -> float:
         return min(item.enqueued_at for item in self.items)
 
+    @property
+    def first_arrivals(self) -> list[float]:
+        """When each request whose first item is in this batch was queued (items leave the
+        queue in order, so a request's first item is in the first batch that takes any)."""
+        return [item.enqueued_at for item in self.items if item.index == 0]
+
     def settle(self, outputs: Sequence[Any]) -> None:
         """Hands output ``i`` to the request that queued item ``i``; an exception fails it."""
         for item, output in zip(self.items, outputs, strict=True):

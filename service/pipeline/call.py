@@ -40,7 +40,7 @@ class Departure(Protocol):
 class Call:
     """One request on one served model, from admission to its results (see the module docstring)."""
 
-    __slots__ = ("_deadline", "_departure", "_held", "pinned", "runtime", "served")
+    __slots__ = ("_deadline", "_departure", "_held", "_started", "pinned", "runtime", "served")
 
     def __init__(
         self,
@@ -54,6 +54,7 @@ class Call:
         self.runtime = runtime
         self.served = served
         self.pinned = runtime.admit(served, version)
+        self._started = time.monotonic()
         self._departure = departure
         self._deadline = Deadline(runtime.config.server, uploading=uploading)
         self._held = ExitStack()
@@ -95,8 +96,15 @@ class Call:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
+        """Ends the request: its outcome and duration count in the pinned version's statistics."""
         self._held.close()
-        await self._deadline.__aexit__(*exc_info)
+        statistics = self.pinned.statistics
+        try:
+            await self._deadline.__aexit__(*exc_info)
+        except BaseException:
+            statistics.answered(False, time.monotonic() - self._started)
+            raise
+        statistics.answered(exc_info[0] is None, time.monotonic() - self._started)
 
 
 class Deadline:

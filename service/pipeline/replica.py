@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from service.pipeline.batch_cap import BatchCost, bucket_for, bucket_sizes
 from service.pipeline.batching import Batch, DynamicBatcher
 from service.pipeline.devices import CoreShare, holding, wide_lane
 from service.pipeline.fold import fold_batchnorm
+from service.pipeline.statistics import Phases, PhaseTimer, VersionStatistics
 from service.pipeline.tasks import Job, Task, select_logits
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class ModelVersion:
     load_seconds: float
     device_models: tuple[DeviceModel, ...]  # one per replica, in replica order
     classes: int = 0  # the logits' class count, seen at warm-up
+    statistics: VersionStatistics = field(default_factory=VersionStatistics)  # what it has served
 
 
 def _use_threads(threads: int) -> None:
@@ -125,12 +127,13 @@ def _use_threads(threads: int) -> None:
 
 @dataclass(frozen=True, slots=True)
 class MeasuredBatch:
-    """A batch's outputs (one per job), the CPU threads it ran on (1 on a GPU) and its cost in
-    core-seconds (see ``Replica.run_measured`` and ``BatchCost``)."""
+    """A batch's outputs (one per job), the CPU threads it ran on (1 on a GPU), its cost in
+    core-seconds (see ``Replica.run_measured`` and ``BatchCost``) and its phases' wall times."""
 
     outputs: list[Any]
     threads: int
     core_seconds: float
+    phases: Phases
 
 
 class ForwardRaised(Exception):
@@ -209,6 +212,8 @@ class Replica:
         self.batches_served += 1
         size = len(measured.outputs)
         metrics.observe_batch(self.device_key, size, started - batch.oldest_enqueued_at, compute_s)
+        phases = measured.phases.within(compute_s)
+        batch.tag.statistics.executed(size, started, batch.first_arrivals, phases)
         if cost is not None:
             cost.add(batch.tag.device_models[self.slot].padded_size(size), measured.core_seconds)
 
@@ -239,16 +244,19 @@ class Replica:
         ``ForwardRaised`` here, on the thread: raised into the event loop it would end the
         process or the replica's task instead of one batch.
         """
+        timer = PhaseTimer()
         try:
-            outputs, threads, cost = self._run(version.device_models[self.slot], jobs, task, work_waiting)
+            outputs, threads, cost = self._run(
+                version.device_models[self.slot], jobs, task, work_waiting, timer
+            )
         except Exception:
             raise
         except BaseException as exc:  # the model's, not this thread's: nothing cancels it
             raise ForwardRaised(f"{type(exc).__name__}: {exc}") from exc
-        return MeasuredBatch(outputs, threads, cost)
+        return MeasuredBatch(outputs, threads, cost, timer.phases())
 
     def _run(
-        self, model: DeviceModel, jobs: Sequence[Job], task: Task, work_waiting: bool
+        self, model: DeviceModel, jobs: Sequence[Job], task: Task, work_waiting: bool, timer: PhaseTimer
     ) -> tuple[list[Any], int, float]:
         """The batch's outputs, the CPU threads it ran on (one on a GPU) and its core-seconds,
         timed once it has its threads: a wait for cores is no cost of the batch."""
@@ -256,44 +264,54 @@ class Replica:
             if self._stream is not None:
                 wall = time.monotonic()
                 with torch.cuda.stream(self._stream):
-                    outputs = self._run_splitting(model, jobs, task)
+                    outputs = self._run_splitting(model, jobs, task, timer)
                 self._stream.synchronize()
                 return outputs, 1, time.monotonic() - wall
             if isinstance(self._threads, CoreShare):
                 with self._threads.claim(work_waiting) as threads:
                     if threads > 1:  # on the process's one multi-thread lane (``wide_lane``)
-                        wide = wide_lane().submit(self._run_wide, threads, model, jobs, task)
+                        wide = wide_lane().submit(self._run_wide, threads, model, jobs, task, timer)
                         return wide.result()
-                    return self._run_cpu(1, model, jobs, task)
+                    return self._run_cpu(1, model, jobs, task, timer)
             threads = self._threads or 1
             with holding(threads):
-                return self._run_cpu(threads, model, jobs, task)
+                return self._run_cpu(threads, model, jobs, task, timer)
 
     def _run_wide(
-        self, threads: int, model: DeviceModel, jobs: Sequence[Job], task: Task
+        self, threads: int, model: DeviceModel, jobs: Sequence[Job], task: Task, timer: PhaseTimer
     ) -> tuple[list[Any], int, float]:
         with torch.inference_mode():  # per thread: this is not the replica's
-            return self._run_cpu(threads, model, jobs, task)
+            return self._run_cpu(threads, model, jobs, task, timer)
 
     def _run_cpu(
-        self, threads: int, model: DeviceModel, jobs: Sequence[Job], task: Task
+        self, threads: int, model: DeviceModel, jobs: Sequence[Job], task: Task, timer: PhaseTimer
     ) -> tuple[list[Any], int, float]:
         """The batch on ``threads`` CPU threads of this thread: one thread costs its CPU time,
         several their wall time each."""
         _use_threads(threads)
         wall, cpu = time.monotonic(), time.thread_time()
-        outputs = self._run_splitting(model, jobs, task)
+        outputs = self._run_splitting(model, jobs, task, timer)
         if threads == 1:
             return outputs, 1, time.thread_time() - cpu
         return outputs, threads, (time.monotonic() - wall) * threads
 
-    def _run_splitting(self, model: DeviceModel, jobs: Sequence[Job], task: Task) -> list[Any]:
+    def _run_splitting(
+        self, model: DeviceModel, jobs: Sequence[Job], task: Task, timer: PhaseTimer
+    ) -> list[Any]:
         """Runs the batch; on CUDA out-of-memory, halves it and runs the halves in turn."""
         try:
-            logits = model(self._stage(jobs, model))
+            started = time.monotonic()
+            staged = self._stage(jobs, model)
+            staged_at = time.monotonic()
+            logits = model(staged)
             if not bool(torch.isfinite(logits).all()):
                 raise NonFiniteOutput("the model gave non-finite outputs (NaN or inf) for this batch")
-            return task.postprocess(logits, jobs)
+            ran_at = time.monotonic()
+            outputs = task.postprocess(logits, jobs)
+            timer.input_s += staged_at - started
+            timer.infer_s += ran_at - staged_at
+            timer.output_s += time.monotonic() - ran_at
+            return outputs
         except torch.OutOfMemoryError:
             if len(jobs) == 1:
                 raise
@@ -301,8 +319,8 @@ class Replica:
             if self._stream is not None:
                 torch.cuda.empty_cache()
             half = len(jobs) // 2
-            first = self._run_splitting(model, jobs[:half], task)
-            return first + self._run_splitting(model, jobs[half:], task)
+            first = self._run_splitting(model, jobs[:half], task, timer)
+            return first + self._run_splitting(model, jobs[half:], task, timer)
 
     def _stage(self, jobs: Sequence[Job], model: DeviceModel) -> torch.Tensor:
         """The batch's model input on the device: images normalised there, tensors as sent."""

@@ -141,9 +141,15 @@ def test_admin_routes_use_the_bearer_scheme(spec: dict[str, Any]) -> None:
         for method, operation in operations.items()
         if operation.get("security")
     }
-    assert secured == {("post", "/models/{name}/reload"), ("post", "/models/{name}/rollback")}
-    for action in ("reload", "rollback"):
-        assert spec["paths"][f"/models/{{name}}/{action}"]["post"]["security"] == [{"AdminToken": []}]
+    admin_routes = {
+        "/models/{name}/reload",
+        "/models/{name}/rollback",
+        "/v2/repository/models/{name}/load",
+        "/v2/repository/models/{name}/unload",
+    }
+    assert secured == {("post", path) for path in admin_routes}
+    for path in admin_routes:
+        assert spec["paths"][path]["post"]["security"] == [{"AdminToken": []}]
 
 
 def test_reload_documents_its_optional_body(spec: dict[str, Any]) -> None:

@@ -187,7 +187,13 @@ def test_server_health_and_metadata_through_both_doors(
     expected = {
         "name": "model-serve",
         "version": __version__,
-        "extensions": ["binary_tensor_data", "classification", "model_repository"],
+        "extensions": [
+            "binary_tensor_data",
+            "classification",
+            "model_configuration",
+            "model_repository",
+            "statistics",
+        ],
     }
     assert http_client.get_server_metadata() == expected
     grpc_metadata = grpc_client.get_server_metadata()
@@ -232,7 +238,7 @@ def test_model_ready_and_metadata_through_both_doors(
         "versions": [version],
         "platform": "pytorch",
         "inputs": [
-            {"name": "image", "datatype": "BYTES", "shape": [-1]},
+            {"name": "image", "datatype": "BYTES", "shape": [-1, 1]},
             {"name": "input", "datatype": "FP32", "shape": [-1, channels, size, size]},
         ],
         "outputs": outputs,

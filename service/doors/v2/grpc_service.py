@@ -24,6 +24,8 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from service.doors.admin import bearer_token
 from service.doors.v2 import repository
 from service.doors.v2.infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
+from service.doors.v2.model_config import model_config, model_config_proto
+from service.doors.v2.model_statistics import model_statistics, statistics_proto
 from service.doors.v2.stream import answered
 from service.doors.v2.tensors import InputTensor, from_contents, from_raw, parse_shape, to_raw
 from service.errors import BadRequest, ConfigError, NotFound, ServeError
@@ -90,6 +92,22 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             inputs=[pb.ModelMetadataResponse.TensorMetadata(**tensor) for tensor in described["inputs"]],
             outputs=[pb.ModelMetadataResponse.TensorMetadata(**tensor) for tensor in described["outputs"]],
         )
+
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            served = self.runtime.registry.named(request.name)
+            config = model_config(served, served.pin(request.version or None))
+        except ServeError as error:
+            await _abort(context, error)
+        return pb.ModelConfigResponse(config=model_config_proto(config))
+
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Every model's for an empty name (Triton's statistics extension)."""
+        try:
+            statistics = model_statistics(self.runtime.registry, request.name, request.version or None)
+        except ServeError as error:
+            await _abort(context, error)
+        return statistics_proto(statistics)
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:

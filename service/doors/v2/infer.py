@@ -24,7 +24,7 @@ from service.pipeline.replica import ModelVersion
 from service.pipeline.served import ServedModel
 from service.pipeline.tasks import Job, Wants
 
-EXTENSIONS = ("binary_tensor_data", "classification", "model_repository")
+EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics")
 IMAGE, TENSOR = "image", "input"
 
 
@@ -51,14 +51,16 @@ def server_metadata() -> dict[str, Any]:
 
 
 def model_metadata(served: ServedModel, version: ModelVersion) -> dict[str, Any]:
-    """Inputs and outputs with ``-1`` for the batch dimension."""
+    """Inputs and outputs with ``-1`` for the batch dimension; ``image`` is the default input,
+    ``input`` the optional one (``model_config`` says so)."""
     channels, height, width = served.input_shape
     return {
         "name": served.name,
         "versions": [version.version],
         "platform": "pytorch",
         "inputs": [
-            {"name": IMAGE, "datatype": "BYTES", "shape": [-1]},
+            # [N, 1], and [N] accepted too: a tool that drops the batch dim needs a shape left
+            {"name": IMAGE, "datatype": "BYTES", "shape": [-1, 1]},
             {"name": TENSOR, "datatype": "FP32", "shape": [-1, channels, height, width]},
         ],
         "outputs": served.task.v2_outputs(version.classes, (height, width)),
@@ -95,8 +97,10 @@ async def _jobs(served: ServedModel, tensor: InputTensor, wants: Wants, limits: 
     if count > limits.max_images_per_request:
         raise TooLarge(f"{count} images in one request; at most {limits.max_images_per_request} are accepted")
     if tensor.name == IMAGE:
-        if len(tensor.shape) != 1:
-            raise BadRequest(f"input 'image' must have shape [N] (one file each), got {list(tensor.shape)}")
+        if tensor.shape[1:] not in ((), (1,)):
+            raise BadRequest(
+                f"input 'image' must have shape [N, 1] or [N] (one file each), got {list(tensor.shape)}"
+            )
         assert isinstance(tensor.values, list)
         return await served.prepare(tensor.values, wants)
     if tensor.shape[1:] != served.input_shape:

@@ -17,6 +17,8 @@ from starlette.responses import Response
 from service.doors.intake import departure_of, read_body
 from service.doors.render import json_response, v2_error_response
 from service.doors.v2.infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
+from service.doors.v2.model_config import model_config
+from service.doors.v2.model_statistics import model_statistics
 from service.doors.v2.schemas import V2_INFER_OPENAPI, V2_INFER_RESPONSES
 from service.doors.v2.tensors import (
     InputTensor,
@@ -63,6 +65,31 @@ async def ready(request: Request) -> Response:
     if not runtime.registry.ready:
         return v2_error_response(NotReady("models are still loading and warming up"))
     return json_response({"ready": True})
+
+
+# before /models/{name}, which would read it as the metadata of a model named "stats"
+@router.get("/models/stats", summary="Statistics of every model (Triton's statistics extension)")
+async def get_all_statistics(request: Request) -> Response:
+    return json_response(model_statistics(_runtime(request).registry))
+
+
+@router.get("/models/{name}/stats", summary="Model statistics")
+@router.get("/models/{name}/versions/{version}/stats", summary="Model statistics of one version")
+async def get_model_statistics(name: str, request: Request, version: str | None = None) -> Response:
+    try:
+        return json_response(model_statistics(_runtime(request).registry, name, version))
+    except ServeError as error:
+        return v2_error_response(error)
+
+
+@router.get("/models/{name}/config", summary="Model configuration (Triton's ModelConfig)")
+@router.get("/models/{name}/versions/{version}/config", summary="Model configuration of one version")
+async def get_model_config(name: str, request: Request, version: str | None = None) -> Response:
+    try:
+        served = _runtime(request).registry.named(name)
+        return json_response(model_config(served, served.pin(version)))
+    except ServeError as error:
+        return v2_error_response(error)
 
 
 @router.get("/models/{name}", summary="Model metadata")
