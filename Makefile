@@ -14,7 +14,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 TORCH_INDEX ?=
 
-.PHONY: serve test lint bench gpu-check loadtest train-demo docs clean
+.PHONY: serve test lint bench perf-analyzer gpu-check loadtest train-demo docs clean
 
 $(BIN)/.installed: pyproject.toml
 	@echo "model-serve: installing into $(VENV) (the first run takes a few minutes)"
@@ -37,6 +37,11 @@ lint: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python load_tests/benchmark.py
+
+# Triton's perf_analyzer against the demo's two v2 doors (fetched into .cache/ on first use;
+# needs Debian's libb64-0d, else it says so and exits 0)
+perf-analyzer: $(BIN)/.installed
+	$(BIN)/python load_tests/perf_analyzer.py
 
 # GPU tests and a GPU benchmark (under 8 minutes); without CUDA it says so and exits 0
 gpu-check: $(BIN)/.installed

@@ -361,6 +361,30 @@ def test_tensor_input_goes_to_the_model_as_it_is(
     _check_against_reference(model, answer, expected, versions[model], request_id)
 
 
+@pytest.mark.parametrize("door", ["rest-binary", "grpc"])
+def test_a_request_with_both_inputs_is_served_from_the_tensor(
+    door: str,
+    clients: tuple[triton_http.InferenceServerClient, triton_grpc.InferenceServerClient],
+    references: dict[str, Reference],
+    images: dict[str, list[bytes]],
+) -> None:
+    """What perf_analyzer sends: every listed input. The image is one the tensor is not."""
+    x = references["digits"].tensor(images["digits"][:1]).numpy().astype(np.float32)
+    expected = references["digits"].run(torch.from_numpy(x))
+    other_image = np.array(images["digits"][1:], dtype=object)
+    if door == "grpc":
+        module: Any = triton_grpc
+        client: Any = clients[1]
+    else:
+        module, client = triton_http, clients[0]
+    tensor = module.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    image = module.InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(other_image)
+    result = client.infer("digits", [image, tensor])
+    np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("door", DOORS)
 @pytest.mark.parametrize("k", [1, 3])
 def test_class_count_answers_the_top_k_of_predict(
@@ -428,7 +452,7 @@ def _rest_cases(digit: bytes) -> dict[str, tuple[bytes, dict[str, str], str]]:
         "truncated binary section": (*truncated, "truncated"),
         "header length past the body": (doc(inputs=[]), {"Inference-Header-Content-Length": "9999"}, "9999"),
         "invalid JSON": (b'{"inputs": [', {}, "JSON"),
-        "two inputs": (doc(inputs=[_image_tensor([b64]), _image_tensor([b64])]), {}, "exactly one input"),
+        "two inputs": (doc(inputs=[_image_tensor([b64]), _image_tensor([b64])]), {}, "send one input"),
         "unknown output": (doc(inputs=[_image_tensor([b64])], outputs=[{"name": "logits"}]), {}, "logits"),
         "FP32 of the wrong [C, H, W]": (doc(inputs=[fp32]), {}, "[N, 1, 32, 32]"),
         "non-base64 BYTES": (doc(inputs=[_image_tensor(["%%% not base64 %%%"])]), {}, "base64"),
@@ -492,7 +516,7 @@ def _grpc_cases(digit: bytes) -> dict[str, tuple[Any, grpc.StatusCode, str]]:
         "shape disagrees with data": (request(("image", "BYTES", [2], section)), bad, "elements"),
         "truncated BYTES element": (request(("image", "BYTES", [1], section[:-10])), bad, "runs past"),
         "FP32 of the wrong length": (request(("input", "FP32", [1, 1, 32, 32], b"\x00" * 100)), bad, "bytes"),
-        "two inputs": (request(image, image), bad, "exactly one input"),
+        "two inputs": (request(image, image), bad, "send one input"),
         "raw contents not one per input": (unclaimed, bad, "one per input"),
         "unknown output": (request(image, outputs=("logits",)), bad, "logits"),
         "FP32 of the wrong [C, H, W]": (

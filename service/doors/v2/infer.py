@@ -79,15 +79,19 @@ async def infer(call: Call, request: InferRequest) -> list[OutputTensor]:
 
 
 def _the_input(inputs: Sequence[InputTensor]) -> InputTensor:
-    if len(inputs) != 1:
-        raise BadRequest(f"send exactly one input, {IMAGE!r} (BYTES) or {TENSOR!r} (FP32); got {len(inputs)}")
-    tensor = inputs[0]
-    expected = {IMAGE: "BYTES", TENSOR: "FP32"}.get(tensor.name)
-    if expected is None:
-        raise BadRequest(f"unknown input {tensor.name!r}: send {IMAGE!r} (BYTES) or {TENSOR!r} (FP32)")
-    if tensor.datatype != expected:
-        raise BadRequest(f"input {tensor.name!r} must be {expected}, got {tensor.datatype}")
-    return tensor
+    """The one input the request is served from. A request carrying both ``image`` and
+    ``input`` is served from ``input``: tools that send every listed input with generated data
+    (perf_analyzer without ``--input-data``) can only make a valid tensor, never a valid file."""
+    for tensor in inputs:
+        expected = {IMAGE: "BYTES", TENSOR: "FP32"}.get(tensor.name)
+        if expected is None:
+            raise BadRequest(f"unknown input {tensor.name!r}: send {IMAGE!r} (BYTES) or {TENSOR!r} (FP32)")
+        if tensor.datatype != expected:
+            raise BadRequest(f"input {tensor.name!r} must be {expected}, got {tensor.datatype}")
+    names = sorted(tensor.name for tensor in inputs)
+    if names not in ([IMAGE], [TENSOR], [IMAGE, TENSOR]):
+        raise BadRequest(f"send one input, {IMAGE!r} (BYTES) or {TENSOR!r} (FP32); got {names}")
+    return next(tensor for tensor in inputs if tensor.name == names[-1])
 
 
 async def _jobs(served: ServedModel, tensor: InputTensor, wants: Wants, limits: ServerSpec) -> list[Job]:
