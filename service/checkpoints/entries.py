@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from service.checkpoints.raw import StateDict
+from service.checkpoints.raw import CheckpointFormat, RawCheckpoint, StateDict
 from service.errors import CheckpointError
 
 EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "ema")
@@ -93,6 +93,28 @@ def unwrap(loaded: object, path: Path, requested: str | None = None) -> Unwrappe
     ignored = tuple(str(k) for k in loaded if k != key)
     entries = (key, *(name for name in found if name != key))
     return Unwrapped(key, ignored, without_average_count(found[key]), reason, entries)
+
+
+def unwrapped_checkpoint(
+    loaded: object,
+    path: Path,
+    file_format: CheckpointFormat,
+    devices: tuple[str, ...],
+    state_dict_key: str | None,
+) -> RawCheckpoint:
+    """A one-file checkpoint's ``RawCheckpoint``: ``loaded`` unwrapped (see ``unwrap``)."""
+    found = unwrap(loaded, path, state_dict_key)
+    return RawCheckpoint(
+        path,
+        file_format,
+        found.key,
+        found.ignored,
+        found.state_dict,
+        devices,
+        found.entries,
+        found.reason,
+        (path,),
+    )
 
 
 def _tensor_dict(value: object) -> StateDict | None:

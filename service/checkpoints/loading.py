@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from service.checkpoints.entries import WRAPPER_KEYS, unwrap
+from service.checkpoints.entries import WRAPPER_KEYS, unwrapped_checkpoint
 from service.checkpoints.files import (
     WholeFile,
     check_safetensors,
@@ -225,18 +225,7 @@ def _parse(
         if whole.data.startswith(_ZIP_MAGIC):  # the legacy format has no checksums to check
             check_torch_zip(whole)
         loaded, devices = read_torch(whole.data, whole.path, device, trust_pickle)
-    unwrapped = unwrap(loaded, whole.path, state_dict_key)
-    return RawCheckpoint(
-        whole.path,
-        file_format,
-        unwrapped.key,
-        unwrapped.ignored,
-        unwrapped.state_dict,
-        devices,
-        unwrapped.entries,
-        unwrapped.reason,
-        (whole.path,),
-    )
+    return unwrapped_checkpoint(loaded, whole.path, file_format, devices, state_dict_key)
 
 
 def install(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from service.checkpoints.entries import unwrap
+from service.checkpoints.entries import unwrapped_checkpoint
 from service.checkpoints.files import (
     check_safetensors_file,
     check_sidecar_digest,
@@ -67,18 +67,7 @@ def read_mapped(
             f"{path.name} changed while it was being read: it is still being written. Publish "
             "checkpoints by writing a temporary file in the same folder and renaming it over this one"
         )
-    unwrapped = unwrap(loaded, path, state_dict_key)
-    raw = RawCheckpoint(
-        path,
-        file_format,
-        unwrapped.key,
-        unwrapped.ignored,
-        unwrapped.state_dict,
-        devices,
-        unwrapped.entries,
-        unwrapped.reason,
-        (path,),
-    )
+    raw = unwrapped_checkpoint(loaded, path, file_format, devices, state_dict_key)
     return raw, sha256[:_SHORT]
 
 
