@@ -15,7 +15,9 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
+import tritonclient.grpc.aio as triton_grpc_aio
 import tritonclient.http as triton_http
+import tritonclient.http.aio as triton_http_aio
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
@@ -162,3 +164,23 @@ def test_every_models_statistics_and_unknown_ones(clients: Clients) -> None:
     assert clients.http.get_inference_statistics("m", version)["model_stats"][0]["version"] == version
     with pytest.raises(InferenceServerException):
         clients.http.get_inference_statistics("m", "999")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_the_aio_clients_read_the_same_config_and_statistics(clients: Clients) -> None:
+    expected_config = clients.http.get_model_config("m")
+    expected_counts = _counts(_statistics(clients))
+    async with triton_http_aio.InferenceServerClient(clients.server.url.removeprefix("http://")) as http:
+        assert await http.get_model_config("m") == expected_config
+        (stats,) = (await http.get_inference_statistics("m"))["model_stats"]
+        assert _counts(stats) == expected_counts
+    async with triton_grpc_aio.InferenceServerClient(clients.server.grpc_address) as grpc:
+        config = (await grpc.get_model_config("m", as_json=True))["config"]
+        assert [tensor["name"] for tensor in config["input"]] == [t["name"] for t in expected_config["input"]]
+        (stats,) = (await grpc.get_inference_statistics("m", as_json=True))["model_stats"]
+        assert _counts(stats) == expected_counts
