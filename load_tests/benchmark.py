@@ -254,6 +254,7 @@ class Served:
 
     url: str
     grpc_address: str | None
+    pid: int
 
 
 @contextlib.contextmanager
@@ -283,7 +284,7 @@ def serving(
         try:
             url = f"http://127.0.0.1:{port}"
             wait_ready(url, process, log_path, ready_timeout_s)
-            yield Served(url, f"127.0.0.1:{grpc_port}" if grpc_port is not None else None)
+            yield Served(url, f"127.0.0.1:{grpc_port}" if grpc_port is not None else None, process.pid)
         finally:
             process.terminate()
             try:
