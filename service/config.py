@@ -196,7 +196,10 @@ class ServerSpec(_Frozen):
         5, ge=1, description="an idle keep-alive connection is closed after this (uvicorn's, whole seconds)"
     )
     max_connections: int | None = Field(
-        None, ge=1, description="open connections served; above, 503 except probes; default 2048"
+        None,
+        ge=1,
+        description="open connections served; past it the longest-waiting unfinished head is closed "
+        "(else 503 except probes); default 2048",
     )
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="pixels per image, checked before decoding; 413 above"
