@@ -218,6 +218,12 @@ class ServerSpec(_Frozen):
         "default: replicas share the free cores",
     )
     watch_interval_s: float = Field(1.0, gt=0, description="how often watched checkpoints are checked")
+    watch_quiet_s: float = Field(
+        5.0,
+        ge=0,
+        description="a watched checkpoint file with no .sha256 beside it loads only once its size, "
+        "mtime and inode have held still this long (at least one watch interval)",
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="text, or json: one object per line, with request_id"
     )
