@@ -9,7 +9,8 @@ version differs from the serving one:
   interval). A file rewritten in place at the same size looks whole throughout (safetensors
   has no checksums): a writer that paused for two intervals had a mix of old and new tensors
   loaded and served. A ``.sha256`` proves the bytes instead, so with one (writing it last
-  triggers the reload) one interval is enough.
+  triggers the reload) one interval is enough. A file loaded after an in-place rewrite gets a
+  warning that says how to publish safely.
 - Before it is hashed or loaded, a file must not be cut short by its own structure
   (``files.check_not_cut_short``); one that is gets a warning naming it and why, is counted
   (``refused``), and is looked at again once it changes. The old version keeps serving.
@@ -60,6 +61,7 @@ async def watch_checkpoint(
             continue
         if not await _holds_still(path, first, interval_s, _quiet_period(path, first, quiet_s)):
             continue  # still changing; look again next round
+        in_place = not _is_folder(path) and _rewritten_in_place(seen, first)
         seen = first
         if not _is_folder(path) and (reason := await _cut_short(path)) is not None:
             log.warning("watched checkpoint %s is not loaded, old version serving: %s", path, reason)
@@ -74,6 +76,14 @@ async def watch_checkpoint(
             log.error("watched checkpoint %s cannot be read; old version serving", path)
             continue
         log.info("checkpoint %s changed (version %s): reloading", path, version or "incomplete")
+        if in_place:
+            log.warning(
+                "checkpoint %s was rewritten in place with no .sha256 beside it: loaded because it "
+                "held still for %g s, but a writer that pauses longer gets a half-written file "
+                "served. Publish by renaming a finished file over it, or write a .sha256 last",
+                path,
+                max(quiet_s, interval_s),
+            )
         try:
             await reload(path)
         except ServeError as error:
@@ -96,6 +106,13 @@ def _quiet_period(path: Path, stamp: Stamp, quiet_s: float) -> float:
     (nothing else can tell a paused in-place write from a whole file), else none."""
     has_sidecar = not _is_folder(path) and stamp[1][1] is not None
     return 0.0 if _is_folder(path) or has_sidecar else quiet_s
+
+
+def _rewritten_in_place(before: Stamp, after: Stamp) -> bool:
+    """The same file (inode) as before, changed, with no ``.sha256``: the one way a watched file
+    can be loaded half-written, if its writer paused past the quiet period."""
+    (_, old), (_, new), (_, sidecar) = before[0], after[0], after[1]
+    return old is not None and new is not None and old[2] == new[2] and sidecar is None
 
 
 def _is_folder(path: Path) -> bool:

@@ -4,7 +4,8 @@ A ``.safetensors`` file with no ``.sha256`` rewritten in place (``r+b``) with 3/
 same-architecture replacement, then a pause of many watch intervals: its size never changes and
 its header is the new one, so only the quiet period tells it from a whole file. The old model
 keeps answering throughout (each answer checked against the old weights in-process), the mix
-is never loaded, and once the write ends and holds still the new model answers. A ``.pt`` and a
+is never loaded, and once the write ends and holds still the new model answers, with a warning
+that says how to publish safely (none for a file renamed into place). A ``.pt`` and a
 ``.safetensors`` cut short and left so: a warning naming the file and why, one
 ``model_serve_reloads_total{outcome="incomplete"}``, no reload attempted, the old model serving.
 """
@@ -147,6 +148,7 @@ def test_a_safetensors_file_rewritten_in_place_serves_only_once_whole(
         lambda: _served_versions(server, "s", weights) == {_sha(new)}, 15, "the whole new file serving"
     )
     assert _sha(mixed) not in server.log(), "the mixed file was hashed or loaded"
+    assert f"checkpoint {path} was rewritten in place with no .sha256" in server.log()
     assert _reloads(server, "s", "failure") == 0
 
 
@@ -172,3 +174,16 @@ def test_a_checkpoint_cut_short_is_refused_named_and_counted(
         lambda: _served_versions(server, name, weights) == {_sha(new)}, 15, "the whole new file serving"
     )
     assert _reloads(server, name, "incomplete") == refused + 1
+
+
+def test_a_file_renamed_into_place_loads_without_the_in_place_warning(
+    server: ServerProcess, weights: Weights
+) -> None:
+    path = _watched(server, "p")
+    new = _next(weights, path)
+    warned = server.log().count(f"checkpoint {path} was rewritten in place")
+    temporary = path.with_name(".p.pt.tmp")
+    temporary.write_bytes(new)
+    temporary.replace(path)
+    wait_until(lambda: _served_versions(server, "p", weights) == {_sha(new)}, 15, "the renamed file serving")
+    assert server.log().count(f"checkpoint {path} was rewritten in place") == warned
