@@ -196,7 +196,10 @@ class ServerSpec(_Frozen):
         5, ge=1, description="an idle keep-alive connection is closed after this (uvicorn's, whole seconds)"
     )
     max_connections: int | None = Field(
-        None, ge=1, description="open connections served; above, 503 except probes; default 2048"
+        None,
+        ge=1,
+        description="open connections served; past it the longest-waiting unfinished head is closed "
+        "(else 503 except probes); default 2048",
     )
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="pixels per image, checked before decoding; 413 above"
@@ -215,6 +218,12 @@ class ServerSpec(_Frozen):
         "default: replicas share the free cores",
     )
     watch_interval_s: float = Field(1.0, gt=0, description="how often watched checkpoints are checked")
+    watch_quiet_s: float = Field(
+        5.0,
+        ge=0,
+        description="a watched checkpoint file with no .sha256 beside it loads only once its size, "
+        "mtime and inode have held still this long (at least one watch interval)",
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="text, or json: one object per line, with request_id"
     )

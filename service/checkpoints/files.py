@@ -24,6 +24,8 @@ from typing import IO
 from service.errors import CheckpointError
 
 SIDECAR_SUFFIX = ".sha256"
+ZIP_MAGIC = b"PK\x03\x04"
+"""How a file in torch.save's default (zip) format begins."""
 _SIDECAR_MAX_BYTES = 64 * 1024
 _CHUNK_BYTES = 1 << 20
 _SHORT = 12  # hex digits shown: the contract's version length
@@ -147,6 +149,34 @@ def _check_zip(source: IO[bytes], path: Path) -> None:
     except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
         raise CheckpointError(
             f"{path} is not a whole torch checkpoint (truncated or corrupt? still being written?): {exc}"
+        ) from exc
+
+
+def check_not_cut_short(path: Path) -> None:
+    """The cheap half of the structure checks, from the file's ends only: a safetensors header
+    that describes exactly the file's size, a torch zip whose central directory reads. A file
+    still being written, or cut short, fails them; one rewritten in place at the same size
+    passes (only CRCs or a ``.sha256`` catch that)."""
+    if path.suffix == ".safetensors":
+        check_safetensors_file(path)
+        return
+    with os.fdopen(_open_regular(path), "rb") as file:
+        head = file.read(len(ZIP_MAGIC))
+        if not head:
+            raise CheckpointError(f"checkpoint {path} is empty (0 bytes); was it written completely?")
+        if head == ZIP_MAGIC:
+            file.seek(0)
+            _check_zip_directory(file, path)
+
+
+def _check_zip_directory(source: IO[bytes], path: Path) -> None:
+    """The central directory, the last thing a zip writer writes, is there and reads."""
+    try:
+        with zipfile.ZipFile(source):
+            pass
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+        raise CheckpointError(
+            f"{path} is not a whole torch checkpoint (truncated or still being written?): {exc}"
         ) from exc
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from service.checkpoints.entries import WRAPPER_KEYS, unwrapped_checkpoint
 from service.checkpoints.files import (
+    ZIP_MAGIC,
     WholeFile,
     check_safetensors,
     check_sidecar,
@@ -52,7 +53,6 @@ __all__ = [
 ShapeMismatch = tuple[str, tuple[int, ...], tuple[int, ...]]
 """(model key, shape in the checkpoint, shape in the model)."""
 
-_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
 # torch.save's legacy format starts with torch.serialization.MAGIC_NUMBER pickled (protocol 2).
 _LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 _SHOWN = 5
@@ -222,7 +222,7 @@ def _parse(
             raise CheckpointError(f"cannot read {whole.path} as safetensors: {exc}") from exc
         devices: tuple[str, ...] = ("cpu",)
     else:
-        if whole.data.startswith(_ZIP_MAGIC):  # the legacy format has no checksums to check
+        if whole.data.startswith(ZIP_MAGIC):  # the legacy format has no checksums to check
             check_torch_zip(whole)
         loaded, devices = read_torch(whole.data, whole.path, device, trust_pickle)
     return unwrapped_checkpoint(loaded, whole.path, file_format, devices, state_dict_key)
@@ -271,7 +271,7 @@ def _sniff(whole: WholeFile) -> CheckpointFormat:
     path, head, size = whole.path, whole.data[:16], len(whole.data)
     if size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); was it written completely?")
-    if head.startswith((_ZIP_MAGIC, _LEGACY_MAGIC)):
+    if head.startswith((ZIP_MAGIC, _LEGACY_MAGIC)):
         return "torch"
     # safetensors: an 8-byte little-endian header length, then the JSON header itself
     header_bytes = int.from_bytes(head[:8], "little")

@@ -8,9 +8,14 @@
   first byte, so connect-only and slowloris sockets were held for ever (3,300 measured, until
   the descriptor limit refused every new client). A late partial head is answered 408; a
   socket that sent nothing is closed.
-- At most ``max_connections`` connections are served. Above it, ``PROBE_RESERVE`` more are
-  accepted for health probes only (every other request is answered 503 ``not_ready``); past
-  that a new connection is closed at once. The count is uvicorn's per-server connection set.
+- At most ``max_connections`` connections are served. A connection that would pass it closes
+  the one that has waited longest for a request head (connect-only, a partial head, an idle
+  keep-alive), taken from the peer address that holds the most such connections: sockets that
+  never finish a head cannot keep anyone out, health probes included (2,100 of them reset
+  every new connection, ``/healthz`` too, until their head deadline). Only while every
+  connection carries a request are ``PROBE_RESERVE`` more accepted, for health probes only
+  (every other request is answered 503 ``not_ready``); past that a new connection is closed
+  at once. The count is uvicorn's per-server connection set.
 
 Every request also finds its connection's ``ConnectionWatch`` in its scope, so a request that
 waits for its batch learns that its client hung up from a callback, not from a task of its own
@@ -54,6 +59,32 @@ def connection_cap(configured: int | None, descriptor_limit: int) -> int:
     return min(configured or DEFAULT_MAX_CONNECTIONS, room)
 
 
+class HeadWaiters:
+    """One server's connections waiting for a request head, by peer address, oldest first: the
+    ones a new connection may close when the server is full."""
+
+    def __init__(self) -> None:
+        self._by_peer: dict[str, dict[BoundedHttpToolsProtocol, None]] = {}
+
+    def add(self, peer: str, connection: BoundedHttpToolsProtocol) -> None:
+        self._by_peer.setdefault(peer, {})[connection] = None
+
+    def discard(self, peer: str, connection: BoundedHttpToolsProtocol) -> None:
+        waiting = self._by_peer.get(peer)
+        if waiting is None:
+            return
+        waiting.pop(connection, None)
+        if not waiting:
+            del self._by_peer[peer]
+
+    def longest_waiting(self) -> BoundedHttpToolsProtocol | None:
+        """The oldest waiter of the peer holding the most of them; None when none waits."""
+        if not self._by_peer:
+            return None
+        busiest = max(self._by_peer.values(), key=len)
+        return next(iter(busiest))
+
+
 CONNECTION_WATCH = "model_serve.connection"
 """The key in a request scope's ``extensions`` of its connection's ``ConnectionWatch``."""
 
@@ -84,11 +115,15 @@ class ConnectionWatch:
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """Bounds the head's size and arrival time, and the number of open connections."""
+    """Bounds the head's size and arrival time, and the number of open connections.
+
+    ``head_waiters`` is shared by every connection of one server: ``bounded_protocol`` makes
+    one class per server."""
 
     max_head_bytes = 64 * 1024
     header_timeout_s = 10.0
     max_connections = DEFAULT_MAX_CONNECTIONS
+    head_waiters = HeadWaiters()
     _head_bytes = 0
     _in_head = True
     _head_deadline: asyncio.TimerHandle | None = None
@@ -99,6 +134,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._watch = ConnectionWatch()
         super().connection_made(transport)
         open_now = len(self.connections)  # uvicorn's set for this server, this one included
+        if open_now > self.max_connections and self._make_room():
+            open_now -= 1
         if open_now > self.max_connections + PROBE_RESERVE:
             transport.close()
             return
@@ -142,6 +179,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.transport.write(_TOO_LARGE % (len(_BODY), _BODY))
                 self.transport.close()
 
+    def _make_room(self) -> bool:
+        """Closes the connection that has waited longest for its head (of the busiest peer)."""
+        evicted = self.head_waiters.longest_waiting()
+        if evicted is None:
+            return False
+        evicted._disarm_head_deadline()
+        self.connections.discard(evicted)  # its place is this one's now, not when its close lands
+        evicted.transport.close()
+        return True
+
+    @property
+    def _peer(self) -> str:
+        return self.client[0] if self.client else ""
+
     def _is_probe(self) -> bool:
         path = self.url.partition(b"?")[0]
         return self.parser.get_method() in (b"GET", b"HEAD") and path in PROBE_PATHS
@@ -150,14 +201,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm_head_deadline()
         self._bytes_since_armed = 0
         self._head_deadline = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+        self.head_waiters.add(self._peer, self)
 
     def _disarm_head_deadline(self) -> None:
         if self._head_deadline is not None:
             self._head_deadline.cancel()
             self._head_deadline = None
+            self.head_waiters.discard(self._peer, self)
 
     def _head_timed_out(self) -> None:
         self._head_deadline = None
+        self.head_waiters.discard(self._peer, self)
         if self.transport.is_closing():
             return
         if self._bytes_since_armed:  # a head began but did not finish: say why it is cut
@@ -193,5 +247,6 @@ def bounded_protocol(
         "max_head_bytes": max_head_bytes,
         "header_timeout_s": header_timeout_s,
         "max_connections": max_connections,
+        "head_waiters": HeadWaiters(),
     }
     return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), bounds)

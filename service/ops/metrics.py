@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 PREFIX = "model_serve_"
 UNKNOWN_MODEL = "_unknown"
 # "load" and "unload": the repository extension bringing an unloaded model back, unloading one
-RELOAD_OUTCOMES = ("success", "unchanged", "failure", "rollback", "load", "unload")
+RELOAD_OUTCOMES = ("success", "unchanged", "failure", "incomplete", "rollback", "load", "unload")
 FAILED_BATCH_REASONS = ("exception", "non_finite_output")  # others appear when they happen
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)

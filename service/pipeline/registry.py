@@ -109,7 +109,18 @@ class Registry:
                 return None
             return await self.reload(served.name, path)
 
-        return watch_checkpoint(served.spec.checkpoint, current, reload, self.config.server.watch_interval_s)
+        def refused() -> None:
+            self.metrics.reloads.labels(served.name, "incomplete").inc()
+
+        server = self.config.server
+        return watch_checkpoint(
+            served.spec.checkpoint,
+            current,
+            reload,
+            server.watch_interval_s,
+            quiet_s=server.watch_quiet_s,
+            refused=refused,
+        )
 
     def fail_queued(self, error: ServeError) -> int:
         """Fails every request still waiting in any model's queue (end of the drain grace)."""

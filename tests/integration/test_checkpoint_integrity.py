@@ -70,7 +70,11 @@ def _server(files: Files, log: Path) -> ServerProcess:
         "m": model_entry(ARCH, "ckpt/m.pt", init_args=ARGS),
     }
     config = write_config(
-        files.root.parent, models, checkpoint_root="ckpt", server={"watch_interval_s": WATCH_INTERVAL_S}
+        files.root.parent,
+        models,
+        checkpoint_root="ckpt",
+        # no quiet period: the watcher tries half-written files, and the reload's checks refuse them
+        server={"watch_interval_s": WATCH_INTERVAL_S, "watch_quiet_s": 0},
     )
     return ServerProcess(config, log)
 

@@ -1,9 +1,11 @@
 """Connections are bounded on a real server: head deadlines, idle keep-alive, a connection cap.
 
 Connect-only and slowloris sockets are closed by the deadlines while a normal client is served
-throughout; above ``max_connections`` a normal request is refused cleanly (503) but health
+throughout; a flood of unfinished heads past ``max_connections`` never keeps out health probes
+or a normal request (the longest-waiting sockets of the busiest peer are closed to make room);
+while every connection carries a request, a normal request is refused cleanly (503) but health
 probes are still answered; the process raises its open-file limit at start. Socket counts are
-modest and every wait is bounded; only loopback traffic.
+modest and every wait is bounded; only loopback traffic (peers told apart by 127.0.0.x).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ ARGS = {"delay_s": 0.0}
 GOOD = png(None, seed=1)
 HEADER_TIMEOUT_S = 1.5
 KEEP_ALIVE_S = 1
-CAP = 20
+CAP = 64
+UNFINISHED_HEAD = b"POST /predict HTTP/1.1\r\nHost: x\r\n"
+PROBE_BOUND_S = 2.0
 
 
 def _start(folder: Path, server: dict[str, object]) -> ServerProcess:
@@ -69,10 +73,41 @@ def _predict_ok(url: str) -> None:
     assert answer.status_code == 200, answer.text
 
 
-def _connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
     sock.setblocking(False)
     return sock
+
+
+def _unfinished_heads(
+    stack: ExitStack, port: int, count: int, source: str = "127.0.0.1"
+) -> list[socket.socket]:
+    """``count`` sockets that each send the start of a head and never finish it."""
+    socks = []
+    for _ in range(count):
+        sock = _connect(port, source)
+        stack.callback(sock.close)
+        sock.send(UNFINISHED_HEAD)
+        socks.append(sock)
+    return socks
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(4096) == b""
+    except BlockingIOError:
+        return False
+    except OSError:  # reset
+        return True
+
+
+def _probes_answer_quickly(url: str) -> None:
+    for path in ("/healthz", "/readyz"):
+        started = time.monotonic()
+        answer = httpx.get(f"{url}{path}", timeout=PROBE_BOUND_S * 2)
+        took = time.monotonic() - started
+        assert (path, answer.status_code) == (path, 200), answer.text
+        assert took < PROBE_BOUND_S, f"{path} took {took:.2f} s during the flood"
 
 
 def test_the_open_file_limit_is_raised_to_the_hard_limit(deadlines: ServerProcess) -> None:
@@ -185,10 +220,56 @@ def test_a_head_trickled_after_an_answer_is_cut_at_the_deadline(deadlines: Serve
     assert took < HEADER_TIMEOUT_S + 2
 
 
-def test_above_the_cap_requests_are_refused_but_probes_answered(capped: ServerProcess) -> None:
+def test_unfinished_heads_past_the_cap_never_keep_out_probes(capped: ServerProcess) -> None:
+    """Many more unfinished heads than the cap and its probe reserve: the oldest are closed to
+    make room, so probes answer at once, round after round, and so does a normal request."""
     with ExitStack() as stack:
-        for _ in range(CAP):  # accepted in order: each later connection counts these
-            stack.callback(_connect(capped.port).close)
+        flood = _unfinished_heads(stack, capped.port, CAP + PROBE_RESERVE + 40)
+        for _ in range(5):
+            flood += _unfinished_heads(stack, capped.port, 10)
+            _probes_answer_quickly(capped.url)
+        _predict_ok(capped.url)
+        wait_until(
+            lambda: sum(map(_closed_by_server, flood)) >= len(flood) - CAP,
+            10,
+            "every unfinished head past the cap closed by the server",
+        )
+        closed = [_closed_by_server(sock) for sock in flood]
+        assert closed == sorted(closed, reverse=True), "a newer socket was closed before an older one"
+        assert 0 < closed.count(False) <= CAP
+    _predict_ok(capped.url)
+
+
+def test_room_is_made_from_the_peer_holding_the_most_unfinished_heads(capped: ServerProcess) -> None:
+    with ExitStack() as stack:
+        few = _unfinished_heads(stack, capped.port, 5, source="127.0.0.2")
+        many = _unfinished_heads(stack, capped.port, CAP + 10, source="127.0.0.3")
+        _probes_answer_quickly(capped.url)
+        wait_until(
+            lambda: sum(map(_closed_by_server, many)) >= 10,
+            10,
+            "the busiest peer's oldest sockets closed",
+        )
+        assert not any(map(_closed_by_server, few)), "the peer with 5 sockets lost one, older or not"
+    _predict_ok(capped.url)
+
+
+def _reading_bodies(stack: ExitStack, port: int, count: int) -> None:
+    """``count`` connections each carrying a request: a whole head whose body never comes."""
+    for _ in range(count):
+        sock = _connect(port)
+        stack.callback(sock.close)
+        sock.send(UNFINISHED_HEAD + b"Content-Type: image/png\r\nContent-Length: 1000\r\n\r\n")
+
+
+def test_with_every_connection_busy_requests_are_refused_but_probes_answered(capped: ServerProcess) -> None:
+    with ExitStack() as stack:
+        _reading_bodies(stack, capped.port, CAP)
+        wait_until(  # accepted in order, but their heads may still be in flight
+            lambda: httpx.get(f"{capped.url}/models", timeout=5).status_code == 503,
+            10,
+            "the cap full of requests",
+        )
         refused = httpx.post(f"{capped.url}/predict", content=GOOD, headers=PNG, timeout=10)
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"]["code"] == "not_ready"
@@ -197,12 +278,9 @@ def test_above_the_cap_requests_are_refused_but_probes_answered(capped: ServerPr
         assert httpx.get(f"{capped.url}/healthz", timeout=5).status_code == 200
         assert httpx.get(f"{capped.url}/readyz", timeout=5).status_code == 200
         assert httpx.get(f"{capped.url}/models", timeout=5).status_code == 503
-        for _ in range(PROBE_RESERVE):  # the probe reserve full too: closed at once
-            stack.callback(_connect(capped.port).close)
-        with socket.create_connection(("127.0.0.1", capped.port), timeout=5) as sock:
-            took, said = _closed_after(sock, 5)
-        assert (said, took < 2) == (b"", True)
-    wait_until(  # the idle sockets are closed: normal service again
+        _unfinished_heads(stack, capped.port, PROBE_RESERVE + 10)  # the reserve full of them
+        _probes_answer_quickly(capped.url)
+    wait_until(  # the requests' sockets are closed: normal service again
         lambda: httpx.get(f"{capped.url}/models", timeout=5).status_code == 200,
         10,
         "/models answering 200 again after the connections closed",
