@@ -90,10 +90,11 @@ def test_32_large_pngs_in_one_request_are_answered_in_bounded_memory(server: Ser
 
 
 UPLOAD = b"\x89PNG" + b"\0" * (20 * 1024 * 1024 - 4)  # not a decodable image: memory is the point
-# Waves of uploads: resident memory after the last wave over that after the first, in MB. Before
+# Waves of uploads: resident memory after any later wave over that after the first, in MB. Before
 # the fix every wave kept its refused bodies (a reference cycle through each refusal's traceback)
-# until the garbage collector's rare full pass: +100-300 MB a wave, a sawtooth to 3.4 GB.
-WAVES, WAVE_SIZE, WAVES_GROWTH_MB = 5, 30, 48
+# until the garbage collector's rare full pass: +50-300 MB a wave, a sawtooth to 3.4 GB. After
+# it: 0-6 MB, or one 64 MB step when glibc gives a decode thread a heap of its own.
+WAVES, WAVE_SIZE, WAVES_GROWTH_MB = 6, 30, 100
 
 
 def _upload_wave(server: ServerProcess, count: int) -> dict[int | str, int]:
@@ -133,8 +134,7 @@ def test_waves_of_refused_uploads_leave_no_memory_behind(server: ServerProcess) 
         after_each.append(_rss_mb(server.process.pid))
     shown = ", ".join(f"{rss:.0f}" for rss in after_each)
     print(f"{WAVES} waves of {WAVE_SIZE} x 20 MB uploads: RSS after each {shown} MB")
-    assert after_each[-1] - after_each[0] < WAVES_GROWTH_MB
-    assert max(after_each) - after_each[0] < 2 * WAVES_GROWTH_MB  # no sawtooth between
+    assert max(after_each) - after_each[0] < WAVES_GROWTH_MB  # neither growth nor a sawtooth
     _assert_healthy(server)
 
 
