@@ -2,9 +2,11 @@
 
 Handing each request's whole decode to a thread pool ran requests first come, first served: four
 requests of 64 heavy JPEGs (0.41 s each) held both threads for half a minute and a 200x200 PNG
-queued behind them answered 504. Here every request waiting to decode is in one ring; a free
-thread takes the next image of the request at the front, and that request goes to the back.
-A request so waits for at most one image of each request ahead of it, whatever their sizes.
+queued behind them answered 504. Here a free thread takes the first image of a request that has
+not had one yet (the one with the fewest pixels, the earliest of equals), else the next image of
+the request at the front of a ring of the others, which then goes to the back. A small request
+so waits only for a thread to be free, whatever the requests before it carry, and those share
+the threads image by image.
 
 A request has one image decoding at a time, never more: the pixel budget reserves its largest
 image once (``ServedModel.prepare``), so its images must not be decoded side by side. The time
@@ -61,7 +63,9 @@ class DecodePool:
         self.threads = threads
         self.budget_s = budget_s
         self._executor = executor
-        self._ring: deque[_Request] = deque()  # requests with an image waiting and none decoding
+        # requests with an image waiting and none decoding: those not started yet, and the others
+        self._new: deque[_Request] = deque()
+        self._ring: deque[_Request] = deque()
         self._running = 0
         self._waiting = 0  # images of every request not started yet
         self._busy = metrics.decode_busy
@@ -80,14 +84,14 @@ class DecodePool:
         request = _Request(decode_one, images, future)
         future.add_done_callback(partial(self._forget, request))
         self._waiting += len(images)
-        self._ring.append(request)
+        self._new.append(request)
         self._start_more()
         return future
 
     def _start_more(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._running < self.threads and self._ring:
-            request = self._ring.popleft()
+        while self._running < self.threads and (self._new or self._ring):
+            request = self._next()
             index, image = request.waiting.popleft()
             self._waiting -= 1
             try:
@@ -98,6 +102,14 @@ class DecodePool:
                 continue
             self._running += 1
             task.add_done_callback(partial(self._finished, request, index))
+
+    def _next(self) -> _Request:
+        """The new request whose first image is smallest, else the one at the ring's front."""
+        if not self._new:
+            return self._ring.popleft()
+        request = min(self._new, key=_first_pixels)  # a few hundred requests at most: the budgets
+        self._new.remove(request)
+        return request
 
     def _finished(self, request: _Request, index: int, task: asyncio.Future[tuple[Job, float]]) -> None:
         self._running -= 1
@@ -137,9 +149,15 @@ class DecodePool:
     def _drop_waiting(self, request: _Request) -> None:
         """None of the request's images waits any longer: those not started are closed."""
         if request.waiting:
-            if request in self._ring:
-                self._ring.remove(request)
+            for line in (self._new, self._ring):
+                if request in line:
+                    line.remove(request)
             self._waiting -= request.close_waiting()
+
+
+def _first_pixels(request: _Request) -> int:
+    width, height = request.waiting[0][1].size
+    return width * height
 
 
 def _timed(decode_one: DecodeOne, image: Opened) -> tuple[Job, float]:

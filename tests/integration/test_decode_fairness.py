@@ -30,7 +30,7 @@ ARGS = {"in_channels": 1, "num_classes": 3}
 HEAVY = crafted.scan_bomb(2000, 2000, 30)
 HEAVY_REQUESTS, HEAVY_IMAGES = 4, 8  # about 7 s of decoding: 3.5 s on this machine's two threads
 SMALL = png(None, size=(200, 200), seed=7)  # past the tiny-image path: it goes to the threads
-SMALL_ANSWER_S = 2.0  # one image of each heavy request ahead of it, at most (about 0.8 s)
+SMALL_ANSWER_S = 2.0  # a thread free, then its own decode: about 0.3 s
 BUDGET_S = 5.0  # above a heavy request's ~2 s, below the over-budget request's ~13 s
 
 

@@ -1,6 +1,7 @@
-"""DecodePool: images taken in turn across requests, one at a time per request; the decode
-budget refuses the rest of a request; images not started are closed when a request fails or
-stops waiting; the metrics count what waits and the seconds spent."""
+"""DecodePool: a new request's first image first (the smallest first), then images in turn
+across requests, one at a time per request; the decode budget refuses the rest of a request;
+images not started are closed when a request fails or stops waiting; the metrics count what
+waits and the seconds spent."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from service.errors import BadImage, NotReady, TooLarge
 from service.ops.metrics import Metrics
 from service.pipeline.decode_pool import DecodePool
+from tests.support.waiting import await_until
 
 pytestmark = pytest.mark.anyio
 
@@ -34,8 +36,9 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 class Image:
     """An opened image stand-in: a name, and whether it was closed."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, size: tuple[int, int] = (1, 1)) -> None:
         self.name = name
+        self.size = size
         self.closed = False
 
     def close(self) -> None:
@@ -45,8 +48,10 @@ class Image:
 class Decoder:
     """Decodes an ``Image`` into its name after ``seconds``, recording the order and overlap."""
 
-    def __init__(self, seconds: float = 0.0) -> None:
+    def __init__(self, seconds: float = 0.0, hold: str | None = None) -> None:
         self.seconds = seconds
+        self.hold = hold  # the image whose decode waits for ``release``
+        self.release = threading.Event()
         self.order: list[str] = []
         self.running: dict[str, int] = {}
         self.most_at_once: dict[str, int] = {}
@@ -60,6 +65,8 @@ class Decoder:
             self.most_at_once[request] = max(self.most_at_once.get(request, 0), self.running[request])
         if image.name.endswith("bad"):
             raise BadImage("the image does not decode")
+        if image.name == self.hold:
+            self.release.wait(5)
         time.sleep(self.seconds)
         with self._lock:
             self.running[request] -= 1
@@ -91,6 +98,28 @@ async def test_one_thread_takes_an_image_of_each_request_in_turn(executor: Threa
     assert decoder.order == ["a0", "b0", "c0", "a1", "b1", "a2", "b2"]
     assert _sample(metrics, "model_serve_decode_queue_images") == 0
     assert _sample(metrics, "model_serve_decode_threads") == 1
+
+
+async def test_a_new_request_goes_before_those_that_had_a_turn(executor: ThreadPoolExecutor) -> None:
+    pool, _ = _pool(executor, threads=1)
+    decoder = Decoder(hold="a1")
+    first, second = pool.decode(decoder, _images("a", 3)), pool.decode(decoder, _images("b", 3))
+    await await_until(lambda: "a1" in decoder.order, 5, "a's second image decoding")
+    newcomer = pool.decode(decoder, _images("c", 1))
+    decoder.release.set()
+    assert await asyncio.gather(first, second, newcomer) == [["a0", "a1", "a2"], ["b0", "b1", "b2"], ["c0"]]
+    assert decoder.order == ["a0", "b0", "a1", "c0", "b1", "a2", "b2"]
+
+
+async def test_of_the_new_requests_the_smallest_first_image_goes_first(executor: ThreadPoolExecutor) -> None:
+    pool, _ = _pool(executor, threads=1)
+    decoder = Decoder(hold="a0")
+    sizes = {"a": (10, 10), "b": (4000, 4000), "c": (200, 200), "d": (200, 200)}
+    futures = [pool.decode(decoder, [Image(f"{name}0", size)]) for name, size in sizes.items()]
+    await await_until(lambda: decoder.order == ["a0"], 5, "a's image decoding")
+    decoder.release.set()
+    await asyncio.gather(*futures)
+    assert decoder.order == ["a0", "c0", "d0", "b0"]
 
 
 async def test_a_request_never_decodes_two_images_at_once(executor: ThreadPoolExecutor) -> None:
