@@ -72,15 +72,13 @@ class DecodePool:
         metrics.decode_threads.set(threads)
         metrics.decode_waiting.set_function(lambda: self._waiting)
 
-    @property
-    def waiting(self) -> int:
-        """Images not started yet, of every request."""
-        return self._waiting
-
     def decode(self, decode_one: DecodeOne, images: list[Opened]) -> asyncio.Future[list[Job]]:
         """Each image's job, in order; a request that stops waiting (its deadline, a hang-up)
         has its images not started closed undecoded."""
         future: asyncio.Future[list[Job]] = asyncio.get_running_loop().create_future()
+        if not images:
+            future.set_result([])
+            return future
         request = _Request(decode_one, images, future)
         future.add_done_callback(partial(self._forget, request))
         self._waiting += len(images)

@@ -171,3 +171,8 @@ async def test_after_the_threads_shut_down_a_request_is_503_not_left_waiting() -
     with pytest.raises(NotReady, match="stopping"):
         await pool.decode(Decoder(), images)
     assert all(image.closed for image in images)
+
+
+async def test_a_request_without_images_has_no_jobs(executor: ThreadPoolExecutor) -> None:
+    pool, _ = _pool(executor, threads=1)
+    assert await pool.decode(Decoder(), []) == []
