@@ -32,6 +32,7 @@ from service.errors import InvalidParameter, NotFound, ServeError
 from service.lifecycle import Lifecycle
 from service.ops.access import Access, RequestIds
 from service.ops.metrics import Metrics
+from service.pipeline.decode_pool import DecodePool
 from service.pipeline.devices import available_cores
 from service.pipeline.registry import Registry
 from service.pipeline.runtime import Runtime
@@ -56,10 +57,12 @@ def create_app(
     token = config.server.admin_token or secrets.token_urlsafe(24)
     if config.server.admin_token is None:
         log.warning("no MODEL_SERVE_ADMIN_TOKEN set; this run's admin token is %s", token)
-    workers = ThreadPoolExecutor(max(2, available_cores()), thread_name_prefix="worker")
+    threads = max(2, available_cores())
+    workers = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+    decode_pool = DecodePool(workers, threads, config.server.max_decode_seconds_per_request, metrics)
     runtime = Runtime(
         config=config,
-        registry=Registry(config, metrics, workers),
+        registry=Registry(config, metrics, decode_pool),
         metrics=metrics,
         workers=workers,
         admin_token=token,

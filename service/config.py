@@ -252,6 +252,12 @@ class ServerSpec(_Frozen):
     max_inflight_body_bytes: int = Field(
         256 * 1024 * 1024, ge=1024, description="request body bytes held by all requests at once"
     )
+    max_decode_seconds_per_request: float = Field(
+        10.0,
+        gt=0,
+        description="decode-thread seconds one request's images may take (they are decoded in turn "
+        "with every other request's, one image each); past it the rest are not decoded: 413",
+    )
 
     @model_validator(mode="after")
     def _check_inflight(self) -> ServerSpec:
@@ -339,6 +345,7 @@ _SERVER_ENV = {
     "ACCESS_LOG": "access_log",
     "MAX_INFLIGHT_PIXELS": "max_inflight_pixels",
     "MAX_INFLIGHT_BODY_BYTES": "max_inflight_body_bytes",
+    "MAX_DECODE_SECONDS_PER_REQUEST": "max_decode_seconds_per_request",
 }
 # An environment value that stands for a config ``null`` (e.g. MODEL_SERVE_GRPC_PORT=off).
 _NULL_WORDS = {"null", "none", "off"}

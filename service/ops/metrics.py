@@ -71,6 +71,17 @@ class Metrics:
             "Time to open and decode one request's images (inline when tiny, else in the worker pool).",
             ["model"],
         )
+        self.decode_waiting = self._gauge(
+            "decode_queue_images",
+            "Images of every model's requests waiting for a decode thread (tiny ones are decoded "
+            "on the event loop and never wait here).",
+        )
+        self.decode_busy = self._counter(
+            "decode_busy_seconds",
+            "Seconds the decode threads spent decoding; its rate over decode_threads is the "
+            "pool's busy fraction.",
+        )
+        self.decode_threads = self._gauge("decode_threads", "Threads that decode requests' images.")
         self.images_per_request = self._histogram(
             "images_per_request", "Images in one predict request.", ["model"], buckets=_BATCH_BUCKETS
         )

@@ -168,18 +168,25 @@ class Accounting:
     ) -> None:
         metrics, answered = self._metrics, self._answered
         metrics.in_flight.dec()
-        if answered.error is not None and answered.error.status != 500:
-            metrics.rejected(answered.error.code)
+        if answered.refusal is not None:
+            metrics.rejected(answered.refusal)
         metrics.answered(answered.status, time.monotonic() - self._started)
 
 
 @dataclass(slots=True)
 class Answered:
-    """What a door answered: its HTTP status (gRPC doors give the equivalent one)."""
+    """What a door answered: its HTTP status (gRPC doors give the equivalent one), and the
+    error code of a refusal (any error but a 500), counted by reason.
+
+    Only the code is kept, never the error: a caught exception's traceback holds every frame
+    it passed, and the door's frame holds this object, so keeping the error made a reference
+    cycle that kept each refused request's body (20 MB uploads) alive until the cyclic
+    garbage collector's rare full pass: RSS climbed by about 300 MB a wave of uploads.
+    """
 
     status: int = 500
-    error: ServeError | None = None
+    refusal: str | None = None
 
     def failed(self, error: ServeError) -> None:
         self.status = error.status
-        self.error = error
+        self.refusal = error.code if error.status != 500 else None

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from service.ops.metrics import Metrics
 from service.pipeline.batch_cap import BatchCost, bucket_sizes
 from service.pipeline.batching import DynamicBatcher
 from service.pipeline.budget import Budget
+from service.pipeline.decode_pool import DecodePool
 from service.pipeline.decode_round import DecodeRound
 from service.pipeline.devices import CoreShare, available_cores, resolve_devices
 from service.pipeline.fold import NotTraceable
@@ -41,10 +41,10 @@ log = logging.getLogger(__name__)
 class Registry:
     """All served models; created from the config, started and stopped by the app's lifespan."""
 
-    def __init__(self, config: ServeConfig, metrics: Metrics, workers: Executor) -> None:
+    def __init__(self, config: ServeConfig, metrics: Metrics, decode_pool: DecodePool) -> None:
         self.config = config
         self.metrics = metrics
-        self.workers = workers
+        self.decode_pool = decode_pool
         self.decode_round = DecodeRound()
         self.pixel_budget = Budget(config.server.max_inflight_pixels, unit="decoded pixels")
         self.models: dict[str, ServedModel] = {}
@@ -267,7 +267,7 @@ class Registry:
             replicas,
             metrics,
             self.config.server,
-            self.workers,
+            self.decode_pool,
             self.pixel_budget,
             self.decode_round,
             cost=cost,

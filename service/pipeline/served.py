@@ -1,7 +1,7 @@
 """One served model's request path, shared by every door (``/predict``, v2 REST, v2 gRPC).
 
 The stages are fixed when the model loads: ``prepare`` decodes a request's images where that
-is cheapest (tiny ones together in the loop step's ``DecodeRound``, others in the worker pool)
+is cheapest (tiny ones together in the loop step's ``DecodeRound``, others in the ``DecodePool``)
 into typed jobs, ``infer`` queues them on the model's one batcher pinned to a version, and the
 model's ``Task`` postprocesses each batch on its replica. A door only parses its protocol and
 renders the results.
@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 from service.config import ModelSpec, ServerSpec
@@ -23,6 +23,7 @@ from service.ops.metrics import ModelMetrics
 from service.pipeline.batch_cap import BatchCost
 from service.pipeline.batching import DynamicBatcher
 from service.pipeline.budget import Budget
+from service.pipeline.decode_pool import DecodePool
 from service.pipeline.decode_round import DecodeRound
 from service.pipeline.replica import ModelVersion, Replica
 from service.pipeline.tasks import Job, Task, Wants
@@ -39,7 +40,7 @@ class ServedModel:
     replicas: list[Replica]
     metrics: ModelMetrics
     limits: ServerSpec
-    workers: Executor
+    decode_pool: DecodePool  # every model's images that are not tiny, taken in turn across requests
     pixel_budget: Budget  # decoded pixels held by all models' requests at once
     decode_round: DecodeRound  # tiny images of every model, decoded together per loop step
     cost: BatchCost | None = None  # the batch cap's measurements (batching.adaptive)
@@ -106,20 +107,19 @@ class ServedModel:
             if is_tiny(opened):  # cheaper than any thread hop
                 jobs = await self.decode_round.decode(self._decode, opened, wants)
             else:
-                loop = asyncio.get_running_loop()
-                jobs = await loop.run_in_executor(self.workers, self._decode, opened, wants)
+                jobs = await self.decode_pool.decode(partial(self._decode_one, wants=wants), opened)
         self.metrics.decode_duration.observe(time.monotonic() - started)
         self.metrics.images_per_request.observe(len(jobs))
         return jobs
 
     def _decode(self, images: list[Opened], wants: Wants) -> list[Job]:
+        return [self._decode_one(image, wants) for image in images]
+
+    def _decode_one(self, image: Opened, wants: Wants) -> Job:
         """Masks are answered at each image's own size, or at the model's when ``wants`` says."""
-        jobs = []
-        for image in images:
-            decoded = prepare_image(image, self.spec.input)
-            size = self.spec.input.size if wants.mask_at_input_size else (decoded.height, decoded.width)
-            jobs.append(Job(decoded.pixels, size, wants))
-        return jobs
+        decoded = prepare_image(image, self.spec.input)
+        size = self.spec.input.size if wants.mask_at_input_size else (decoded.height, decoded.width)
+        return Job(decoded.pixels, size, wants)
 
     def submit(self, jobs: Sequence[Job], version: ModelVersion) -> asyncio.Future[list[Any]]:
         """Queues the jobs on the model's one batcher; the future resolves to the task's result
