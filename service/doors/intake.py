@@ -28,6 +28,7 @@ from service.errors import (
 from service.pipeline.call import Departure
 
 MAX_TOP_K = 1000
+CONTROL_BODY_LIMIT = 64 * 1024  # a reload or load body names one path
 IMAGE_TYPES = "image/png, image/jpeg, image/webp, image/bmp, image/gif, image/tiff"
 
 
@@ -66,6 +67,17 @@ async def read_body(request: Request, limit: int, hold: Callable[[int], None]) -
     if inflater is not None:
         inflater.finish()
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def read_control_body(request: Request) -> bytes:
+    """The small JSON body of an admin or repository route, within ``CONTROL_BODY_LIMIT``.
+    Not charged to the body budget: bounded this far below it, and some of these routes are
+    open, so a client without a token can send it too."""
+    return await read_body(request, CONTROL_BODY_LIMIT, _uncharged)
+
+
+def _uncharged(size: int) -> None:
+    """``read_body``'s ``hold`` for bodies no budget counts."""
 
 
 def _declared_length(request: Request, limit: int) -> int | None:
