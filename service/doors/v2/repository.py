@@ -129,7 +129,7 @@ def _audit_refusal(
 
 def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
     """An optional JSON request body, for the OpenAPI page (the handlers read it themselves)."""
-    return {"required": False, "content": {"application/json": {"schema": schema}}}
+    return {"required": False, "content": {"application/json": {"schema": {"type": "object", **schema}}}}
 
 
 _ERROR = {"content": {"application/json": {"schema": {"properties": {"error": {"type": "string"}}}}}}

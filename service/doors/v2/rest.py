@@ -16,10 +16,10 @@ from starlette.responses import Response
 
 from service.doors.intake import departure_of, read_body
 from service.doors.render import json_response, v2_error_response
+from service.doors.v2 import schemas
 from service.doors.v2.infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
 from service.doors.v2.model_config import model_config
 from service.doors.v2.model_statistics import model_statistics
-from service.doors.v2.schemas import V2_INFER_OPENAPI, V2_INFER_RESPONSES
 from service.doors.v2.tensors import (
     InputTensor,
     OutputTensor,
@@ -44,12 +44,12 @@ def _runtime(request: Request) -> Runtime:
     return runtime
 
 
-@router.get("", summary="Server metadata")
+@router.get("", summary="Server metadata", responses=schemas.V2_SERVER_METADATA_RESPONSES)
 async def metadata(request: Request) -> Response:
     return json_response(server_metadata())
 
 
-@router.get("/health/live", summary="Server live")
+@router.get("/health/live", summary="Server live", responses=schemas.V2_LIVE_RESPONSES)
 async def live(request: Request) -> Response:
     runtime = _runtime(request)
     if runtime.startup_error is not None:
@@ -57,7 +57,11 @@ async def live(request: Request) -> Response:
     return json_response({"live": True})
 
 
-@router.get("/health/ready", summary="Server ready: every model warm, not draining")
+@router.get(
+    "/health/ready",
+    summary="Server ready: every model warm, not draining",
+    responses=schemas.V2_READY_RESPONSES,
+)
 async def ready(request: Request) -> Response:
     runtime = _runtime(request)
     if runtime.draining:
@@ -68,13 +72,21 @@ async def ready(request: Request) -> Response:
 
 
 # before /models/{name}, which would read it as the metadata of a model named "stats"
-@router.get("/models/stats", summary="Statistics of every model (Triton's statistics extension)")
+@router.get(
+    "/models/stats",
+    summary="Statistics of every model (Triton's statistics extension)",
+    responses={200: schemas.V2_STATISTICS_RESPONSES[200]},
+)
 async def get_all_statistics(request: Request) -> Response:
     return json_response(model_statistics(_runtime(request).registry))
 
 
-@router.get("/models/{name}/stats", summary="Model statistics")
-@router.get("/models/{name}/versions/{version}/stats", summary="Model statistics of one version")
+@router.get("/models/{name}/stats", summary="Model statistics", responses=schemas.V2_STATISTICS_RESPONSES)
+@router.get(
+    "/models/{name}/versions/{version}/stats",
+    summary="Model statistics of one version",
+    responses=schemas.V2_STATISTICS_RESPONSES,
+)
 async def get_model_statistics(name: str, request: Request, version: str | None = None) -> Response:
     try:
         return json_response(model_statistics(_runtime(request).registry, name, version))
@@ -82,8 +94,16 @@ async def get_model_statistics(name: str, request: Request, version: str | None 
         return v2_error_response(error)
 
 
-@router.get("/models/{name}/config", summary="Model configuration (Triton's ModelConfig)")
-@router.get("/models/{name}/versions/{version}/config", summary="Model configuration of one version")
+@router.get(
+    "/models/{name}/config",
+    summary="Model configuration (Triton's ModelConfig)",
+    responses=schemas.V2_CONFIG_RESPONSES,
+)
+@router.get(
+    "/models/{name}/versions/{version}/config",
+    summary="Model configuration of one version",
+    responses=schemas.V2_CONFIG_RESPONSES,
+)
 async def get_model_config(name: str, request: Request, version: str | None = None) -> Response:
     try:
         served = _runtime(request).registry.named(name)
@@ -92,8 +112,12 @@ async def get_model_config(name: str, request: Request, version: str | None = No
         return v2_error_response(error)
 
 
-@router.get("/models/{name}", summary="Model metadata")
-@router.get("/models/{name}/versions/{version}", summary="Model metadata of one version")
+@router.get("/models/{name}", summary="Model metadata", responses=schemas.V2_METADATA_RESPONSES)
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="Model metadata of one version",
+    responses=schemas.V2_METADATA_RESPONSES,
+)
 async def get_model_metadata(name: str, request: Request, version: str | None = None) -> Response:
     try:
         served = _runtime(request).registry.named(name)
@@ -102,8 +126,12 @@ async def get_model_metadata(name: str, request: Request, version: str | None = 
         return v2_error_response(error)
 
 
-@router.get("/models/{name}/ready", summary="Model ready")
-@router.get("/models/{name}/versions/{version}/ready", summary="Model version ready")
+@router.get("/models/{name}/ready", summary="Model ready", responses=schemas.V2_MODEL_READY_RESPONSES)
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    summary="Model version ready",
+    responses=schemas.V2_MODEL_READY_RESPONSES,
+)
 async def model_ready(name: str, request: Request, version: str | None = None) -> Response:
     try:
         served = _runtime(request).registry.named(name)
@@ -132,15 +160,15 @@ async def infer_route(request: Request) -> Response:
     return response
 
 
-for _path in ("/models/{name}/infer", "/models/{name}/versions/{version}/infer"):
+for _path, _versioned in (("/models/{name}/infer", False), ("/models/{name}/versions/{version}/infer", True)):
     router.add_api_route(
         _path,
         infer_route,
         methods=["POST"],
         response_class=Response,
         summary="Inference (JSON, or JSON plus binary tensor data)",
-        responses=V2_INFER_RESPONSES,
-        openapi_extra=V2_INFER_OPENAPI,
+        responses=schemas.V2_INFER_RESPONSES,
+        openapi_extra=schemas.v2_infer_openapi(_versioned),
     )
 
 
