@@ -8,12 +8,14 @@ Errors are ``{"error": "message"}``.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from service.config import ServerSpec
 from service.doors.intake import departure_of, read_body
 from service.doors.render import json_response, v2_error_response
 from service.doors.v2 import schemas
@@ -23,13 +25,14 @@ from service.doors.v2.model_statistics import model_statistics
 from service.doors.v2.tensors import (
     InputTensor,
     OutputTensor,
+    element_count,
     from_json_data,
     from_raw,
     parse_shape,
     to_json_data,
     to_raw,
 )
-from service.errors import BadRequest, NotFound, NotReady, ServeError
+from service.errors import BadRequest, NotFound, NotReady, ServeError, TooLarge
 from service.ops.access import note_model
 from service.pipeline.call import Call, accounted
 from service.pipeline.runtime import Runtime
@@ -37,6 +40,8 @@ from service.pipeline.served import ServedModel
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
 HEADER_LENGTH = "inference-header-content-length"
+_OTHER_VALUES = 1024  # commas a request may hold besides its tensor's: ids, parameters, outputs
+_COUNT_STEP = 1 << 20
 
 
 def _runtime(request: Request) -> Runtime:
@@ -188,15 +193,34 @@ async def _infer(runtime: Runtime, request: Request, served: ServedModel, versio
     async with Call(runtime, served, version, departure=departure_of(request)) as call:
         body = await read_body(request, call.limits.max_body_bytes, call.hold_body)
         call.uploaded()
-        parsed, binary_default = _parse(body, request.headers.get(HEADER_LENGTH))
+        header_length = request.headers.get(HEADER_LENGTH)
+        # megabytes of JSON take seconds of Python to parse and flatten: not on the event loop
+        parsed, binary_default = await asyncio.get_running_loop().run_in_executor(
+            runtime.workers, _parse, body, header_length, _value_limit(served, call.limits)
+        )
         outputs = await infer(call, parsed)
     binary = {output.name: output.binary for output in parsed.outputs or ()}
     return _answer(served.name, call.pinned.version, parsed.id, outputs, binary, binary_default)
 
 
-def _parse(body: bytes, header_length: str | None) -> tuple[InferRequest, bool]:
-    """The request, and whether outputs it does not name are answered in binary."""
+def _value_limit(served: ServedModel, limits: ServerSpec) -> int:
+    """The most tensor elements a request to ``served`` can carry: a full batch of its input
+    tensor (an ``image`` input holds one element per image, fewer)."""
+    return limits.max_images_per_request * element_count(served.input_shape)
+
+
+def _parse(body: bytes, header_length: str | None, max_values: int) -> tuple[InferRequest, bool]:
+    """The request, and whether outputs it does not name are answered in binary.
+
+    The JSON's values are counted before it is parsed (each comma separates two; base64 and
+    the other strings hold few): parsing ten million of them holds the interpreter for
+    seconds, and no answer could come of a request that carries more than the model takes."""
     json_part, binary = _split(body, header_length)
+    if _more_commas(json_part, max_values + _OTHER_VALUES):
+        raise TooLarge(
+            f"the JSON request holds more than the {max_values} tensor elements this model takes in "
+            "one request; send fewer, or large tensors with the binary tensor data extension"
+        )
     try:
         document = orjson.loads(json_part)
     except orjson.JSONDecodeError as exc:
@@ -205,7 +229,7 @@ def _parse(body: bytes, header_length: str | None) -> tuple[InferRequest, bool]:
         raise BadRequest("the request must be a JSON object with an 'inputs' list")
     inputs, offset = [], 0
     for raw in document["inputs"]:
-        tensor, offset = _input(raw, binary, offset)
+        tensor, offset = _input(raw, binary, offset, max_values)
         inputs.append(tensor)
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
@@ -213,6 +237,18 @@ def _parse(body: bytes, header_length: str | None) -> tuple[InferRequest, bool]:
     outputs = _outputs(document.get("outputs"), binary_default)
     request_id = document.get("id")
     return InferRequest(request_id if isinstance(request_id, str) else None, inputs, outputs), binary_default
+
+
+def _more_commas(json_part: bytes, limit: int) -> bool:
+    """Whether ``json_part`` holds more than ``limit`` commas, counted a megabyte at a time
+    (each count holds the GIL: the event loop waits at most one step, and a body far over the
+    limit is refused after its first)."""
+    commas = 0
+    for start in range(0, len(json_part), _COUNT_STEP):
+        commas += json_part.count(b",", start, start + _COUNT_STEP)
+        if commas > limit:
+            return True
+    return False
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
@@ -226,7 +262,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     return body[:length], memoryview(body)[length:]
 
 
-def _input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
+def _input(raw: Any, binary: memoryview, offset: int, max_values: int) -> tuple[InputTensor, int]:
     if (
         not isinstance(raw, dict)
         or not isinstance(raw.get("name"), str)
@@ -235,6 +271,11 @@ def _input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTensor, int]
         raise BadRequest("each input needs a 'name', a 'datatype' and a 'shape'")
     name, datatype = raw["name"], raw["datatype"]
     shape = parse_shape(name, raw.get("shape"))
+    if element_count(shape) > max_values:
+        raise TooLarge(
+            f"input {name!r}: shape {list(shape)} holds more than the {max_values} elements this model "
+            "takes in one request"
+        )
     size = _parameters(raw).get("binary_data_size")
     if size is None:
         if "data" not in raw:
