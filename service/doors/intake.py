@@ -69,7 +69,7 @@ async def read_body(request: Request, limit: int, hold: Callable[[int], None]) -
         inflater.finish()
     if len(chunks) == 1:
         return chunks[0]
-    if size < JOIN_ON_LOOP_BYTES and (inflater is None or inflater.size < JOIN_ON_LOOP_BYTES):
+    if (size if inflater is None else inflater.size) < JOIN_ON_LOOP_BYTES:
         return b"".join(chunks)
     # megabytes copied (and their pages first touched) take tens of milliseconds on a loaded
     # machine; join lets go of the GIL while it copies, so a worker thread costs the loop nothing
