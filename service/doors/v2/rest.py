@@ -3,7 +3,8 @@
 JSON requests and answers, with the binary tensor data extension both ways: a request whose
 ``Inference-Header-Content-Length`` header is set carries that many bytes of JSON, then the
 binary sections of the inputs that declare ``parameters.binary_data_size``, in input order.
-Errors are ``{"error": "message"}``.
+A request's JSON is parsed in the worker pool, after its values are counted against what the
+model takes, so a large body never holds the event loop. Errors are ``{"error": "message"}``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from service.pipeline.served import ServedModel
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
 HEADER_LENGTH = "inference-header-content-length"
 _OTHER_VALUES = 1024  # commas a request may hold besides its tensor's: ids, parameters, outputs
-_COUNT_STEP = 1 << 20
+_COUNT_STEP = 1 << 20  # bytes of JSON whose commas are counted at once
 
 
 def _runtime(request: Request) -> Runtime:
