@@ -23,7 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 from service import __version__
 from service.config import ServeConfig
 from service.doors.predict import predict, router
-from service.doors.render import error_response
+from service.doors.render import error_response, v2_error_response
 from service.doors.ui import install_ui
 from service.doors.v2.repository import router as repository_router
 from service.doors.v2.rest import infer_route, infer_target
@@ -100,23 +100,16 @@ def create_app(
 def _add_error_handlers(app: FastAPI) -> None:
     async def serve_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServeError)
-        return error_response(exc)
+        return _error_for(request, exc)
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return error_response(InvalidParameter(details))
+        return _error_for(request, InvalidParameter(details))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        error = (
-            NotFound(f"no route {request.method} {request.url.path}")
-            if exc.status_code == 404
-            else ServeError(str(exc.detail))
-        )
-        error.status = exc.status_code
-        error.code = "not_found" if exc.status_code == 404 else "http_error"
-        return error_response(error)
+        return _error_for(request, _routing_error(request, exc))
 
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         return _unexpected(request, exc)
@@ -125,6 +118,29 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
+
+
+def _routing_error(request: Request, exc: HTTPException) -> ServeError:
+    """Starlette's routing refusal (404, 405 with its ``Allow`` header) as a ``ServeError``."""
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        return NotFound(f"no route {where}")
+    headers = dict(exc.headers or {})
+    allowed = headers.get("Allow")
+    message = f"{where} is not allowed; this path takes {allowed}" if allowed else str(exc.detail)
+    error = ServeError(message, headers=headers)
+    error.status = exc.status_code
+    error.code = "http_error"
+    return error
+
+
+def _error_for(request: Request, error: ServeError) -> Response:
+    """The error in the body of the request's protocol: the Open Inference Protocol's under
+    ``/v2`` (``{"error": message}``: tritonclient reads a string), the HTTP API's elsewhere."""
+    path = request.url.path
+    if path == "/v2" or path.startswith("/v2/"):
+        return v2_error_response(error)
+    return error_response(error)
 
 
 class ServeApp(FastAPI):
@@ -211,4 +227,4 @@ def _fast_path(scope: Scope) -> Callable[[Request], Awaitable[Response]] | None:
 
 def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(ServeError(f"internal error: {type(exc).__name__}; see the server log"))
+    return _error_for(request, ServeError(f"internal error: {type(exc).__name__}; see the server log"))

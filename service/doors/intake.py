@@ -1,7 +1,8 @@
 """From an HTTP request to the raw image blobs and parameters of a prediction.
 
 The body is read as a stream and refused as soon as it passes the byte limit, so a 200 MB
-upload costs at most the limit in memory. Multipart bodies are split with Starlette's parser,
+upload costs at most the limit in memory; a compressed body is inflated as it streams, within
+the same limit. Multipart bodies are split with Starlette's parser,
 bounded in parts.
 """
 
@@ -15,6 +16,7 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from service.doors.encoding import inflater_for
 from service.doors.http_protocol import CONNECTION_WATCH
 from service.errors import (
     BadImage,
@@ -26,22 +28,23 @@ from service.errors import (
 from service.pipeline.call import Departure
 
 MAX_TOP_K = 1000
+JOIN_ON_LOOP_BYTES = 1 << 20  # bodies larger than this are joined off the event loop
+CONTROL_BODY_LIMIT = 64 * 1024  # a reload or load body names one path
 IMAGE_TYPES = "image/png, image/jpeg, image/webp, image/bmp, image/gif, image/tiff"
 
 
 async def read_body(request: Request, limit: int, hold: Callable[[int], None]) -> bytes:
-    """The whole body, or ``TooLarge`` as soon as it passes ``limit`` bytes (the caller bounds
-    the time: a client trickling bytes would hold a connection and memory).
+    """The whole body, inflated if it is sent compressed (``service.doors.encoding``), or
+    ``TooLarge`` as soon as it passes ``limit`` bytes, sent or inflated (the caller bounds the
+    time: a client trickling bytes would hold a connection and memory).
 
     Its bytes are reserved with ``hold`` (``Call.hold_body``: the process-wide budget) before
-    they are held: a declared length at once, a chunked body chunk by chunk."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not (declared.isascii() and declared.isdigit()):  # "²".isdigit(), yet int("²") fails
-            raise BadImage(f"Content-Length {declared!r} is not a number")
-        if int(declared) > limit:
-            raise TooLarge(f"the body is {declared} bytes; at most {limit} are accepted")
-        hold(int(declared))
+    they are held: a declared length at once, a chunked body chunk by chunk, a compressed one
+    as each step of it is inflated."""
+    inflater = inflater_for(request.headers.get("content-encoding"), limit)
+    declared = _declared_length(request, limit)
+    if declared is not None and inflater is None:
+        hold(declared)
     chunks: list[bytes] = []
     size = 0
     more = True
@@ -54,10 +57,46 @@ async def read_body(request: Request, limit: int, hold: Callable[[int], None]) -
         size += len(chunk)
         if size > limit:
             raise TooLarge(f"the body is over the limit of {limit} bytes")
+        if inflater is not None:
+            for piece in inflater.inflate(chunk):
+                hold(len(piece))
+                chunks.append(piece)
+            continue
         if declared is None and chunk:
             hold(len(chunk))
         chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if inflater is not None:
+        inflater.finish()
+    if len(chunks) == 1:
+        return chunks[0]
+    if (size if inflater is None else inflater.size) < JOIN_ON_LOOP_BYTES:
+        return b"".join(chunks)
+    # megabytes copied (and their pages first touched) take tens of milliseconds on a loaded
+    # machine; join lets go of the GIL while it copies, so a worker thread costs the loop nothing
+    return await asyncio.to_thread(b"".join, chunks)
+
+
+async def read_control_body(request: Request) -> bytes:
+    """The small JSON body of an admin or repository route, within ``CONTROL_BODY_LIMIT``.
+    Not charged to the body budget: bounded this far below it, and some of these routes are
+    open, so a client without a token can send it too."""
+    return await read_body(request, CONTROL_BODY_LIMIT, _uncharged)
+
+
+def _uncharged(size: int) -> None:
+    """``read_body``'s ``hold`` for bodies no budget counts."""
+
+
+def _declared_length(request: Request, limit: int) -> int | None:
+    """``Content-Length`` as a number within ``limit`` (None: not declared, a chunked body)."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return None
+    if not (declared.isascii() and declared.isdigit()):  # "²".isdigit(), yet int("²") fails
+        raise BadImage(f"Content-Length {declared!r} is not a number")
+    if int(declared) > limit:
+        raise TooLarge(f"the body is {declared} bytes; at most {limit} are accepted")
+    return int(declared)
 
 
 async def image_blobs(request: Request, body: bytes, *, max_images: int) -> list[bytes]:

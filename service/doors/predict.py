@@ -15,7 +15,14 @@ from starlette.responses import Response
 from service.checkpoints.paths import resolve_checkpoint
 from service.doors import schemas
 from service.doors.admin import check_admin
-from service.doors.intake import departure_of, image_blobs, parse_top_k, query_values, read_body
+from service.doors.intake import (
+    departure_of,
+    image_blobs,
+    parse_top_k,
+    query_values,
+    read_body,
+    read_control_body,
+)
 from service.doors.render import error_response, json_response
 from service.errors import (
     InvalidParameter,
@@ -168,7 +175,7 @@ async def reload_model(name: str, request: Request, runtime: RuntimeDep) -> dict
 
 
 async def _reload_request(request: Request) -> schemas.ReloadRequest:
-    body = await request.body()
+    body = await read_control_body(request)
     if not body.strip():
         return schemas.ReloadRequest()
     try:

@@ -120,6 +120,7 @@ ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: _error("missing or wrong admin token"),
     403: _error("checkpoint path outside checkpoint_root"),
     404: _error("unknown model or checkpoint file"),
+    413: _error("a body over 64 KiB"),
     422: _error("the checkpoint does not load into the architecture, or a bad body"),
 }
 

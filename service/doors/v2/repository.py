@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from service.checkpoints.paths import resolve_checkpoint
 from service.doors.admin import bearer_token, check_admin
+from service.doors.intake import read_control_body
 from service.doors.render import json_response, v2_error_response
 from service.errors import BadRequest, ServeError
 from service.ops.access import note_model
@@ -128,7 +129,7 @@ def _audit_refusal(
 
 def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
     """An optional JSON request body, for the OpenAPI page (the handlers read it themselves)."""
-    return {"required": False, "content": {"application/json": {"schema": schema}}}
+    return {"required": False, "content": {"application/json": {"schema": {"type": "object", **schema}}}}
 
 
 _ERROR = {"content": {"application/json": {"schema": {"properties": {"error": {"type": "string"}}}}}}
@@ -155,6 +156,7 @@ _ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
         (401, "missing or wrong admin token"),
         (403, "checkpoint path outside checkpoint_root"),
         (404, "unknown model or checkpoint file"),
+        (413, "a body over 64 KiB"),
         (422, "the checkpoint does not load into the architecture"),
     )
 }
@@ -175,11 +177,14 @@ def _asker(request: Request) -> Asker:
     "/index",
     summary="Repository index: every model and its state",
     openapi_extra=_INDEX_OPENAPI,
-    responses={400: {"description": "a bad body", **_ERROR}},
+    responses={
+        400: {"description": "a bad body", **_ERROR},
+        413: {"description": "a body over 64 KiB", **_ERROR},
+    },
 )
 async def repository_index(request: Request) -> Response:
     try:
-        ready = _parsed(await request.body()).get("ready", False)
+        ready = _parsed(await read_control_body(request)).get("ready", False)
         if not isinstance(ready, bool):
             raise BadRequest("'ready' must be true or false")
     except ServeError as error:
@@ -195,7 +200,10 @@ async def repository_index(request: Request) -> Response:
 )
 async def repository_load(name: str, request: Request) -> Response:
     note_model(name)
-    body = await request.body()
+    try:
+        body = await read_control_body(request)
+    except ServeError as error:
+        return v2_error_response(error)
 
     def parameters() -> Mapping[str, object]:
         document = _parsed(body)

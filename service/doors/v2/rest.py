@@ -3,33 +3,37 @@
 JSON requests and answers, with the binary tensor data extension both ways: a request whose
 ``Inference-Header-Content-Length`` header is set carries that many bytes of JSON, then the
 binary sections of the inputs that declare ``parameters.binary_data_size``, in input order.
-Errors are ``{"error": "message"}``.
+A request's JSON is parsed in the worker pool, after its values are counted against what the
+model takes, so a large body never holds the event loop. Errors are ``{"error": "message"}``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from service.config import ServerSpec
 from service.doors.intake import departure_of, read_body
 from service.doors.render import json_response, v2_error_response
+from service.doors.v2 import schemas
 from service.doors.v2.infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
 from service.doors.v2.model_config import model_config
 from service.doors.v2.model_statistics import model_statistics
-from service.doors.v2.schemas import V2_INFER_OPENAPI, V2_INFER_RESPONSES
 from service.doors.v2.tensors import (
     InputTensor,
     OutputTensor,
+    element_count,
     from_json_data,
     from_raw,
     parse_shape,
     to_json_data,
     to_raw,
 )
-from service.errors import BadRequest, NotFound, NotReady, ServeError
+from service.errors import BadRequest, NotFound, NotReady, ServeError, TooLarge
 from service.ops.access import note_model
 from service.pipeline.call import Call, accounted
 from service.pipeline.runtime import Runtime
@@ -37,6 +41,8 @@ from service.pipeline.served import ServedModel
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
 HEADER_LENGTH = "inference-header-content-length"
+_OTHER_VALUES = 1024  # commas a request may hold besides its tensor's: ids, parameters, outputs
+_COUNT_STEP = 1 << 20  # bytes of JSON whose commas are counted at once
 
 
 def _runtime(request: Request) -> Runtime:
@@ -44,12 +50,12 @@ def _runtime(request: Request) -> Runtime:
     return runtime
 
 
-@router.get("", summary="Server metadata")
+@router.get("", summary="Server metadata", responses=schemas.V2_SERVER_METADATA_RESPONSES)
 async def metadata(request: Request) -> Response:
     return json_response(server_metadata())
 
 
-@router.get("/health/live", summary="Server live")
+@router.get("/health/live", summary="Server live", responses=schemas.V2_LIVE_RESPONSES)
 async def live(request: Request) -> Response:
     runtime = _runtime(request)
     if runtime.startup_error is not None:
@@ -57,7 +63,11 @@ async def live(request: Request) -> Response:
     return json_response({"live": True})
 
 
-@router.get("/health/ready", summary="Server ready: every model warm, not draining")
+@router.get(
+    "/health/ready",
+    summary="Server ready: every model warm, not draining",
+    responses=schemas.V2_READY_RESPONSES,
+)
 async def ready(request: Request) -> Response:
     runtime = _runtime(request)
     if runtime.draining:
@@ -68,13 +78,21 @@ async def ready(request: Request) -> Response:
 
 
 # before /models/{name}, which would read it as the metadata of a model named "stats"
-@router.get("/models/stats", summary="Statistics of every model (Triton's statistics extension)")
+@router.get(
+    "/models/stats",
+    summary="Statistics of every model (Triton's statistics extension)",
+    responses={200: schemas.V2_STATISTICS_RESPONSES[200]},
+)
 async def get_all_statistics(request: Request) -> Response:
     return json_response(model_statistics(_runtime(request).registry))
 
 
-@router.get("/models/{name}/stats", summary="Model statistics")
-@router.get("/models/{name}/versions/{version}/stats", summary="Model statistics of one version")
+@router.get("/models/{name}/stats", summary="Model statistics", responses=schemas.V2_STATISTICS_RESPONSES)
+@router.get(
+    "/models/{name}/versions/{version}/stats",
+    summary="Model statistics of one version",
+    responses=schemas.V2_STATISTICS_RESPONSES,
+)
 async def get_model_statistics(name: str, request: Request, version: str | None = None) -> Response:
     try:
         return json_response(model_statistics(_runtime(request).registry, name, version))
@@ -82,8 +100,16 @@ async def get_model_statistics(name: str, request: Request, version: str | None 
         return v2_error_response(error)
 
 
-@router.get("/models/{name}/config", summary="Model configuration (Triton's ModelConfig)")
-@router.get("/models/{name}/versions/{version}/config", summary="Model configuration of one version")
+@router.get(
+    "/models/{name}/config",
+    summary="Model configuration (Triton's ModelConfig)",
+    responses=schemas.V2_CONFIG_RESPONSES,
+)
+@router.get(
+    "/models/{name}/versions/{version}/config",
+    summary="Model configuration of one version",
+    responses=schemas.V2_CONFIG_RESPONSES,
+)
 async def get_model_config(name: str, request: Request, version: str | None = None) -> Response:
     try:
         served = _runtime(request).registry.named(name)
@@ -92,8 +118,12 @@ async def get_model_config(name: str, request: Request, version: str | None = No
         return v2_error_response(error)
 
 
-@router.get("/models/{name}", summary="Model metadata")
-@router.get("/models/{name}/versions/{version}", summary="Model metadata of one version")
+@router.get("/models/{name}", summary="Model metadata", responses=schemas.V2_METADATA_RESPONSES)
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="Model metadata of one version",
+    responses=schemas.V2_METADATA_RESPONSES,
+)
 async def get_model_metadata(name: str, request: Request, version: str | None = None) -> Response:
     try:
         served = _runtime(request).registry.named(name)
@@ -102,8 +132,12 @@ async def get_model_metadata(name: str, request: Request, version: str | None = 
         return v2_error_response(error)
 
 
-@router.get("/models/{name}/ready", summary="Model ready")
-@router.get("/models/{name}/versions/{version}/ready", summary="Model version ready")
+@router.get("/models/{name}/ready", summary="Model ready", responses=schemas.V2_MODEL_READY_RESPONSES)
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    summary="Model version ready",
+    responses=schemas.V2_MODEL_READY_RESPONSES,
+)
 async def model_ready(name: str, request: Request, version: str | None = None) -> Response:
     try:
         served = _runtime(request).registry.named(name)
@@ -132,15 +166,15 @@ async def infer_route(request: Request) -> Response:
     return response
 
 
-for _path in ("/models/{name}/infer", "/models/{name}/versions/{version}/infer"):
+for _path, _versioned in (("/models/{name}/infer", False), ("/models/{name}/versions/{version}/infer", True)):
     router.add_api_route(
         _path,
         infer_route,
         methods=["POST"],
         response_class=Response,
         summary="Inference (JSON, or JSON plus binary tensor data)",
-        responses=V2_INFER_RESPONSES,
-        openapi_extra=V2_INFER_OPENAPI,
+        responses=schemas.V2_INFER_RESPONSES,
+        openapi_extra=schemas.v2_infer_openapi(_versioned),
     )
 
 
@@ -160,15 +194,34 @@ async def _infer(runtime: Runtime, request: Request, served: ServedModel, versio
     async with Call(runtime, served, version, departure=departure_of(request)) as call:
         body = await read_body(request, call.limits.max_body_bytes, call.hold_body)
         call.uploaded()
-        parsed, binary_default = _parse(body, request.headers.get(HEADER_LENGTH))
+        header_length = request.headers.get(HEADER_LENGTH)
+        # megabytes of JSON take seconds of Python to parse and flatten: not on the event loop
+        parsed, binary_default = await asyncio.get_running_loop().run_in_executor(
+            runtime.workers, _parse, body, header_length, _value_limit(served, call.limits)
+        )
         outputs = await infer(call, parsed)
     binary = {output.name: output.binary for output in parsed.outputs or ()}
     return _answer(served.name, call.pinned.version, parsed.id, outputs, binary, binary_default)
 
 
-def _parse(body: bytes, header_length: str | None) -> tuple[InferRequest, bool]:
-    """The request, and whether outputs it does not name are answered in binary."""
+def _value_limit(served: ServedModel, limits: ServerSpec) -> int:
+    """The most tensor elements a request to ``served`` can carry: a full batch of its input
+    tensor (an ``image`` input holds one element per image, fewer)."""
+    return limits.max_images_per_request * element_count(served.input_shape)
+
+
+def _parse(body: bytes, header_length: str | None, max_values: int) -> tuple[InferRequest, bool]:
+    """The request, and whether outputs it does not name are answered in binary.
+
+    The JSON's values are counted before it is parsed (each comma separates two; base64 and
+    the other strings hold few): parsing ten million of them holds the interpreter for
+    seconds, and no answer could come of a request that carries more than the model takes."""
     json_part, binary = _split(body, header_length)
+    if _more_commas(json_part, max_values + _OTHER_VALUES):
+        raise TooLarge(
+            f"the JSON request holds more than the {max_values} tensor elements this model takes in "
+            "one request; send fewer, or large tensors with the binary tensor data extension"
+        )
     try:
         document = orjson.loads(json_part)
     except orjson.JSONDecodeError as exc:
@@ -177,7 +230,7 @@ def _parse(body: bytes, header_length: str | None) -> tuple[InferRequest, bool]:
         raise BadRequest("the request must be a JSON object with an 'inputs' list")
     inputs, offset = [], 0
     for raw in document["inputs"]:
-        tensor, offset = _input(raw, binary, offset)
+        tensor, offset = _input(raw, binary, offset, max_values)
         inputs.append(tensor)
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
@@ -185,6 +238,18 @@ def _parse(body: bytes, header_length: str | None) -> tuple[InferRequest, bool]:
     outputs = _outputs(document.get("outputs"), binary_default)
     request_id = document.get("id")
     return InferRequest(request_id if isinstance(request_id, str) else None, inputs, outputs), binary_default
+
+
+def _more_commas(json_part: bytes, limit: int) -> bool:
+    """Whether ``json_part`` holds more than ``limit`` commas, counted a megabyte at a time
+    (each count holds the GIL: the event loop waits at most one step, and a body far over the
+    limit is refused after its first)."""
+    commas = 0
+    for start in range(0, len(json_part), _COUNT_STEP):
+        commas += json_part.count(b",", start, start + _COUNT_STEP)
+        if commas > limit:
+            return True
+    return False
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
@@ -198,7 +263,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     return body[:length], memoryview(body)[length:]
 
 
-def _input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
+def _input(raw: Any, binary: memoryview, offset: int, max_values: int) -> tuple[InputTensor, int]:
     if (
         not isinstance(raw, dict)
         or not isinstance(raw.get("name"), str)
@@ -207,6 +272,11 @@ def _input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTensor, int]
         raise BadRequest("each input needs a 'name', a 'datatype' and a 'shape'")
     name, datatype = raw["name"], raw["datatype"]
     shape = parse_shape(name, raw.get("shape"))
+    if element_count(shape) > max_values:
+        raise TooLarge(
+            f"input {name!r}: shape {list(shape)} holds more than the {max_values} elements this model "
+            "takes in one request"
+        )
     size = _parameters(raw).get("binary_data_size")
     if size is None:
         if "data" not in raw:

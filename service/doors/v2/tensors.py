@@ -14,6 +14,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -92,10 +93,11 @@ def from_json_data(name: str, datatype: str, shape: tuple[int, ...], data: Any) 
         )
     if datatype == "BYTES":
         return InputTensor(name, datatype, shape, [_base64(name, value) for value in flat])
+    kinds = set(map(type, flat))  # JSON's exact types, found without a Python loop per element
     if datatype == "BOOL":
-        if not all(isinstance(value, bool) for value in flat):
+        if not kinds <= {bool}:
             raise BadRequest(f"input {name!r}: BOOL data must be true or false")
-    elif any(isinstance(value, str | bytes | list | dict | bool) or value is None for value in flat):
+    elif not kinds <= {int, float}:
         # a JSON true is no number: numpy would take it as 1 and answer for a wrong input
         raise BadRequest(f"input {name!r}: {datatype} data must be numbers")
     try:
@@ -169,8 +171,19 @@ def to_json_data(tensor: OutputTensor) -> list[Any]:
 
 
 def _flatten(name: str, data: Any) -> list[Any]:
+    """``data``'s elements in row-major order. A regular nesting (each level all lists or all
+    values, as a tensor's is) is flattened a level at a time by C loops; only an irregular one
+    takes a Python step per element (it runs on a worker thread, but holds the GIL)."""
     if not isinstance(data, list):
         raise BadRequest(f"input {name!r}: 'data' must be a list (flat or nested)")
+    level: list[Any] = data
+    while True:
+        kinds = set(map(type, level))
+        if list not in kinds:
+            return level
+        if kinds != {list}:
+            break
+        level = list(chain.from_iterable(level))
     flat: list[Any] = []
     stack = [iter(data)]
     while stack:
