@@ -10,7 +10,8 @@ model takes, so a large body never holds the event loop. Errors are ``{"error": 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
@@ -87,63 +88,42 @@ async def get_all_statistics(request: Request) -> Response:
     return json_response(model_statistics(_runtime(request).registry))
 
 
-@router.get("/models/{name}/stats", summary="Model statistics", responses=schemas.V2_STATISTICS_RESPONSES)
-@router.get(
-    "/models/{name}/versions/{version}/stats",
-    summary="Model statistics of one version",
-    responses=schemas.V2_STATISTICS_RESPONSES,
-)
+F = TypeVar("F", bound=Callable[..., Awaitable[Response]])
+
+
+def _model_route(suffix: str, summary: str, responses: dict[int | str, dict[str, Any]]) -> Callable[[F], F]:
+    """GET ``/models/{name}`` + ``suffix`` and its ``/versions/{version}`` twin, one handler."""
+
+    def register(handler: F) -> F:
+        router.get(f"/models/{{name}}{suffix}", summary=summary, responses=responses)(handler)
+        versioned = f"/models/{{name}}/versions/{{version}}{suffix}"
+        router.get(versioned, summary=f"{summary} (one version)", responses=responses)(handler)
+        return handler
+
+    return register
+
+
+@_model_route("/stats", "Model statistics", schemas.V2_STATISTICS_RESPONSES)
 async def get_model_statistics(name: str, request: Request, version: str | None = None) -> Response:
-    try:
-        return json_response(model_statistics(_runtime(request).registry, name, version))
-    except ServeError as error:
-        return v2_error_response(error)
+    return json_response(model_statistics(_runtime(request).registry, name, version))
 
 
-@router.get(
-    "/models/{name}/config",
-    summary="Model configuration (Triton's ModelConfig)",
-    responses=schemas.V2_CONFIG_RESPONSES,
-)
-@router.get(
-    "/models/{name}/versions/{version}/config",
-    summary="Model configuration of one version",
-    responses=schemas.V2_CONFIG_RESPONSES,
-)
+@_model_route("/config", "Model configuration (Triton's ModelConfig)", schemas.V2_CONFIG_RESPONSES)
 async def get_model_config(name: str, request: Request, version: str | None = None) -> Response:
-    try:
-        served = _runtime(request).registry.named(name)
-        return json_response(model_config(served, served.pin(version)))
-    except ServeError as error:
-        return v2_error_response(error)
+    served = _runtime(request).registry.named(name)
+    return json_response(model_config(served, served.pin(version)))
 
 
-@router.get("/models/{name}", summary="Model metadata", responses=schemas.V2_METADATA_RESPONSES)
-@router.get(
-    "/models/{name}/versions/{version}",
-    summary="Model metadata of one version",
-    responses=schemas.V2_METADATA_RESPONSES,
-)
+@_model_route("", "Model metadata", schemas.V2_METADATA_RESPONSES)
 async def get_model_metadata(name: str, request: Request, version: str | None = None) -> Response:
-    try:
-        served = _runtime(request).registry.named(name)
-        return json_response(model_metadata(served, served.pin(version)))
-    except ServeError as error:
-        return v2_error_response(error)
+    served = _runtime(request).registry.named(name)
+    return json_response(model_metadata(served, served.pin(version)))
 
 
-@router.get("/models/{name}/ready", summary="Model ready", responses=schemas.V2_MODEL_READY_RESPONSES)
-@router.get(
-    "/models/{name}/versions/{version}/ready",
-    summary="Model version ready",
-    responses=schemas.V2_MODEL_READY_RESPONSES,
-)
+@_model_route("/ready", "Model ready", schemas.V2_MODEL_READY_RESPONSES)
 async def model_ready(name: str, request: Request, version: str | None = None) -> Response:
-    try:
-        served = _runtime(request).registry.named(name)
-        served.check_version(version)
-    except ServeError as error:
-        return v2_error_response(error)
+    served = _runtime(request).registry.named(name)
+    served.check_version(version)
     return json_response({"name": name, "ready": served.ready}, 200 if served.ready else 503)
 
 
