@@ -29,12 +29,11 @@ import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
 
-import grpc
 import uvicorn
 from uvicorn.server import HANDLED_SIGNALS
 
 from service.config import ServerSpec
-from service.doors.v2.grpc_service import start_grpc, stop_grpc
+from service.doors.v2.grpc_service import GrpcDoor, start_grpc, stop_grpc
 from service.errors import NotReady
 from service.pipeline.runtime import Runtime
 
@@ -47,7 +46,7 @@ class Lifecycle:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._grpc: grpc.aio.Server | None = None
+        self._grpc: GrpcDoor | None = None
         self._loading: asyncio.Task[None] | None = None
 
     async def start(
@@ -63,7 +62,8 @@ class Lifecycle:
         self._loop = asyncio.get_running_loop()
         port = self.runtime.config.server.grpc_port
         if port is not None:
-            self._grpc, self.runtime.grpc_port = await start_grpc(self.runtime, grpc_host, port)
+            self._grpc = await start_grpc(self.runtime, grpc_host, port)
+            self.runtime.grpc_port = self._grpc.port
         names = list(self.runtime.config.models)
         log.info("loading %d model%s (%s)...", len(names), "" if len(names) == 1 else "s", ", ".join(names))
         self._loading = asyncio.create_task(self.runtime.registry.start(), name="load-models")
@@ -97,7 +97,7 @@ class Lifecycle:
         """The one shutdown sequence, after the HTTP server has drained: refuse new work, answer
         the gRPC calls in flight while the replicas still run, stop loading, stop the replicas
         (failing what they hold), release the worker threads."""
-        self.runtime.draining = True
+        self._draining()
         if self._grpc is not None:
             await stop_grpc(self._grpc, self.runtime.config.server.drain_grace_s)
         if self._loading is not None:
@@ -111,9 +111,15 @@ class Lifecycle:
         answered 503 (retry elsewhere) instead of being cut off. Safe from a signal handler."""
         self.runtime.draining = True
         if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.runtime.registry.readiness_changed)
             self._loop.call_soon_threadsafe(
                 self._loop.call_later, self.runtime.config.server.drain_grace_s, self._give_up
             )
+
+    def _draining(self) -> None:
+        """Readiness turns false, and its observers hear it (on the event loop)."""
+        self.runtime.draining = True
+        self.runtime.registry.readiness_changed()
 
     def _give_up(self) -> None:
         error = NotReady(

@@ -3,8 +3,9 @@ in the server's own process and event loop, on the same pipeline as ``/predict``
 
 The protocol messages are tritonclient's compiled ``service_pb2`` (Triton's superset of the
 KServe v2 proto: its repository extension and ``ModelStreamInfer`` are served, the other RPCs it
-adds answer UNIMPLEMENTED). Inputs come as ``raw_input_contents``
-or typed ``contents``; outputs always go as ``raw_output_contents``.
+adds answer UNIMPLEMENTED, naming the method). Inputs come as ``raw_input_contents``
+or typed ``contents``; outputs always go as ``raw_output_contents``. Beside it on the same
+port: ``grpc.health.v1.Health`` (``health``) and server reflection (``reflection``).
 """
 
 from __future__ import annotations
@@ -14,18 +15,22 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from service.doors.admin import bearer_token
 from service.doors.v2 import repository
+from service.doors.v2.health import Health, server_ready
 from service.doors.v2.infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
 from service.doors.v2.model_config import model_config, model_config_proto
 from service.doors.v2.model_statistics import model_statistics, statistics_proto
+from service.doors.v2.reflection import enable_reflection
 from service.doors.v2.stream import answered
 from service.doors.v2.tensors import InputTensor, from_contents, from_raw, parse_shape, to_raw
 from service.errors import BadRequest, ConfigError, NotFound, ServeError
@@ -66,7 +71,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         return pb.ServerLiveResponse(live=self.runtime.startup_error is None)
 
     async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return pb.ServerReadyResponse(ready=self.runtime.registry.ready and not self.runtime.draining)
+        return pb.ServerReadyResponse(ready=server_ready(self.runtime))
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -208,7 +213,27 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         )
 
 
-_STREAM_PATH = "/inference.GRPCInferenceService/ModelStreamInfer"
+_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+_STREAM_PATH = f"/{_SERVICE}/ModelStreamInfer"
+
+
+def _unimplemented(method: str) -> Callable[..., Awaitable[Any]]:
+    async def refuse(self: InferenceService, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"{_SERVICE}/{method} is not implemented by model-serve (docs/kserve.md lists its RPCs)",
+        )
+
+    refuse.__name__ = method
+    return refuse
+
+
+# Triton's RPCs that model-serve does not serve (shared memory, trace and log settings): each
+# answers UNIMPLEMENTED naming itself, where the generated base class would raise
+# NotImplementedError and leave a traceback in the log for every such call.
+for _method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+    if _method.name not in vars(InferenceService):
+        setattr(InferenceService, _method.name, _unimplemented(_method.name))
 
 
 def _asker(context: grpc.aio.ServicerContext) -> repository.Asker:
@@ -351,14 +376,32 @@ def _finish(access: Access, code: grpc.StatusCode) -> None:
     access.finish()
 
 
-async def start_grpc(runtime: Runtime, host: str, port: int) -> tuple[grpc.aio.Server, int]:
-    """A started server and its bound port; a port that cannot be bound is a clear error."""
+@dataclass(frozen=True)
+class GrpcDoor:
+    """The started gRPC server, its bound port and its health service (ended first at stop)."""
+
+    server: grpc.aio.Server
+    port: int
+    health: Health
+
+
+async def start_grpc(runtime: Runtime, host: str, port: int) -> GrpcDoor:
+    """A started server on its own port; a port that cannot be bound, or that another process
+    already listens on, is a clear error (bound exclusively: no ``SO_REUSEPORT`` sharing, which
+    would let a second server split the first one's calls)."""
     limit = runtime.config.server.max_body_bytes
     server = grpc.aio.server(
         interceptors=[AccessLog()],
-        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 4 * limit)],
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", 4 * limit),
+        ],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(runtime), server)
+    health = Health(runtime)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    enable_reflection(server, [_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
@@ -368,11 +411,12 @@ async def start_grpc(runtime: Runtime, host: str, port: int) -> tuple[grpc.aio.S
         raise ConfigError(f"cannot listen for gRPC on {address}: the port is taken or not allowed")
     await server.start()
     log.info("gRPC (Open Inference Protocol v2) on %s:%d", host, bound)
-    return server, bound
+    return GrpcDoor(server, bound, health)
 
 
-async def stop_grpc(server: grpc.aio.Server, grace_s: float) -> None:
-    """Refuses new calls and answers the ones in flight (up to ``grace_s``)."""
+async def stop_grpc(door: GrpcDoor, grace_s: float) -> None:
+    """Ends the health streams, refuses new calls and answers the ones in flight (up to ``grace_s``)."""
     started = time.monotonic()
-    await server.stop(grace_s)
+    door.health.close()
+    await door.server.stop(grace_s)
     log.info("gRPC stopped after %.1f s", time.monotonic() - started)
