@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -405,13 +406,29 @@ async def start_grpc(runtime: Runtime, host: str, port: int) -> GrpcDoor:
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from None
+    except RuntimeError:
+        bound = 0
     if bound == 0:
-        raise ConfigError(f"cannot listen for gRPC on {address}: the port is taken or not allowed")
+        raise ConfigError(_bind_failure(host, port))
     await server.start()
     log.info("gRPC (Open Inference Protocol v2) on %s:%d", host, bound)
     return GrpcDoor(server, bound, health)
+
+
+def _bind_failure(host: str, port: int) -> str:
+    """Why gRPC could not bind, in the words uvicorn uses for an HTTP port (grpc says only that
+    it failed): the kernel's answer to binding the address again, e.g. address already in use."""
+    where = f"error while attempting to bind on gRPC address {(host, port)!r}"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc binds
+            probe.bind((host, port))
+            return f"{where}: grpc could not bind it"
+    except OSError as exc:
+        if exc.errno is None or exc.strerror is None:
+            return f"{where}: {exc}"
+        return f"[Errno {exc.errno}] {where}: {exc.strerror.lower()}"
 
 
 async def stop_grpc(door: GrpcDoor, grace_s: float) -> None:
