@@ -23,7 +23,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from service.allocator import trim_heap
-from service.errors import BadRequest
+from service.errors import BadRequest, SlowUpload
 from service.pipeline.budget import Reservation
 from service.pipeline.runtime import Runtime
 
@@ -39,18 +39,25 @@ class MessageIntake:
         limits = runtime.config.server
         self.budget = runtime.body_budget
         self.receiving = asyncio.Semaphore(max(1, limits.max_inflight_body_bytes // limits.max_body_bytes))
+        self.timeout_s = limits.request_timeout_s  # as an HTTP body's upload: a slot is not held longer
         self.trimmer = HeapTrimmer()
 
     @contextlib.asynccontextmanager
     async def message(
-        self, requests: AsyncIterator[bytes], parse: Callable[[bytes], Any], kind: str
+        self, requests: AsyncIterator[bytes], parse: Callable[[bytes], Any], kind: str, *, queued: bool = True
     ) -> AsyncIterator[Any]:
-        """The call's one message, parsed, its bytes held on the budget until the block ends.
+        """The call's one message, parsed, its bytes held on the budget until the block ends;
+        read in a receive slot unless not ``queued`` (health checks: never behind large messages).
 
-        Raises ``BadRequest`` for no message or one that is not a valid ``kind``, and the
-        budget's ``QueueFull`` when the bytes do not fit now."""
-        async with self.receiving:
-            data = await _only_message(requests, kind)
+        Raises ``BadRequest`` for no message or one that is not a valid ``kind``, ``SlowUpload``
+        when it does not arrive within the request timeout, and the budget's ``QueueFull`` when
+        its bytes do not fit now."""
+        async with self.receiving if queued else contextlib.nullcontext():
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    data = await _only_message(requests, kind)
+            except TimeoutError:
+                raise SlowUpload(f"the {kind} message did not arrive within {self.timeout_s:g} s") from None
             size = len(data)
             held: Reservation = self.budget.reserve(size)
         try:

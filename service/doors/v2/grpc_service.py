@@ -221,6 +221,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
 
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+_HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _STREAM_PATH = f"/{_SERVICE}/ModelStreamInfer"
 
 
@@ -343,12 +344,14 @@ class UnaryCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             (value for key, value in details.invocation_metadata or () if key == "x-request-id"), None
         )
 
+        queued = not path.startswith(f"/{_HEALTH}/")
+
         async def logged(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
             peer = context.peer()
             access = Access("grpc", method, path, peer.partition(":")[2] or peer, self.ids.choose(given))
             access.begin()
             try:
-                response = await self._answer(requests, context, behaviour, parse, kind_name)
+                response = await self._answer(requests, context, behaviour, parse, kind_name, queued)
             except asyncio.CancelledError as cancelled:  # the client cancelled, or its deadline passed
                 _finish(access, grpc.StatusCode.CANCELLED)
                 _forget_locals(cancelled)
@@ -369,14 +372,15 @@ class UnaryCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         behaviour: Callable[..., Any],
         parse: Callable[[bytes], Any],
         kind: str,
+        queued: bool,
     ) -> Any:
         try:
-            async with self.intake.message(requests, parse, kind) as request:
+            async with self.intake.message(requests, parse, kind, queued=queued) as request:
                 answer = behaviour(request, context)
                 return await answer if inspect.isawaitable(answer) else answer
         except QueueFull as busy:  # gRPC's code for a quota used up: the body budget
             await _abort(context, busy, grpc.StatusCode.RESOURCE_EXHAUSTED)
-        except BadRequest as error:
+        except ServeError as error:  # the message: missing, malformed, too slow
             await _abort(context, error)
 
 
@@ -428,7 +432,7 @@ async def start_grpc(runtime: Runtime, host: str, port: int) -> GrpcDoor:
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(runtime), server)
     health = Health(runtime)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    enable_reflection(server, [_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
+    enable_reflection(server, [_SERVICE, _HEALTH])
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
