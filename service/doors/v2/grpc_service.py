@@ -340,11 +340,10 @@ class UnaryCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = path.rsplit("/", 1)[-1]
         kind = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)  # FromString's class
         kind_name = getattr(kind, "full_name", "protobuf")
+        queued = not path.startswith(f"/{_HEALTH}/")  # a probe never waits behind large messages
         given = next(
             (value for key, value in details.invocation_metadata or () if key == "x-request-id"), None
         )
-
-        queued = not path.startswith(f"/{_HEALTH}/")
 
         async def logged(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
             peer = context.peer()
