@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +27,8 @@ TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
 
 def keep_tensor_memory() -> bool:
     """Fixes glibc's mmap and trim thresholds; False (and nothing changed) without glibc."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     mapped = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
@@ -38,3 +36,26 @@ def keep_tensor_memory() -> bool:
     if not done:
         log.warning("could not fix malloc's thresholds; forwards may fault their memory in anew")
     return done
+
+
+def trim_heap() -> bool:
+    """Gives the heaps' free pages back to the kernel (``malloc_trim(0)``), e.g. after a burst
+    of large messages that the fixed thresholds keep; False without glibc. It walks every
+    arena: call it off the event loop, after large blocks are freed, not per request."""
+    malloc_trim = _glibc("malloc_trim")
+    if malloc_trim is None:
+        return False
+    malloc_trim.argtypes, malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    return bool(malloc_trim(0))
+
+
+@functools.cache
+def _glibc(function: str) -> Any:
+    """One of glibc's malloc functions, or None where the C library is not glibc."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return getattr(ctypes.CDLL(name), function)
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt nor malloc_trim)
+        return None

@@ -1,8 +1,9 @@
 """One app instance's life, in one order: start, readiness, drain and stop.
 
-- start (ASGI lifespan): gRPC listens (``server.grpc_port``), then the registry loads every
-  model in the background (replicas, their loops, warm-up, watchers), so ``/healthz`` answers
-  at once; the HTTP socket is already open (uvicorn binds before the lifespan).
+- start (ASGI lifespan): gRPC listens (``server.grpc_port``; the CLI has it listen just before
+  the lifespan, so that a taken port ends the start as a taken HTTP port does), then the
+  registry loads every model in the background (replicas, their loops, warm-up, watchers), so
+  ``/healthz`` answers at once; uvicorn opens the HTTP socket right after the lifespan starts.
 - ready: once every model is warm, the collector freezes the long-lived objects and
   ``on_ready`` runs (the CLI logs one "ready" line once the socket is open too). A load failure
   fails ``/healthz`` and calls ``on_fatal`` (the CLI then exits with status 1).
@@ -25,17 +26,18 @@ import logging
 import math
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
 
-import grpc
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.server import HANDLED_SIGNALS
 
 from service.config import ServerSpec
-from service.doors.v2.grpc_service import start_grpc, stop_grpc
-from service.errors import NotReady
+from service.doors.v2.grpc_service import GrpcDoor, start_grpc, stop_grpc
+from service.errors import ConfigError, NotReady
 from service.pipeline.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ class Lifecycle:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._grpc: grpc.aio.Server | None = None
+        self._grpc: GrpcDoor | None = None
         self._loading: asyncio.Task[None] | None = None
 
     async def start(
@@ -61,13 +63,20 @@ class Lifecycle:
         background: ``on_ready`` once every model is warm, ``on_fatal`` with the error if
         loading fails (without it the error is logged here)."""
         self._loop = asyncio.get_running_loop()
-        port = self.runtime.config.server.grpc_port
-        if port is not None:
-            self._grpc, self.runtime.grpc_port = await start_grpc(self.runtime, grpc_host, port)
+        await self.listen_grpc(grpc_host)
         names = list(self.runtime.config.models)
         log.info("loading %d model%s (%s)...", len(names), "" if len(names) == 1 else "s", ", ".join(names))
         self._loading = asyncio.create_task(self.runtime.registry.start(), name="load-models")
         self._loading.add_done_callback(lambda task: self._loaded(task, on_ready, on_fatal))
+
+    async def listen_grpc(self, host: str) -> None:
+        """gRPC listens on ``server.grpc_port`` (unless null), once: ``start`` calls it, and the
+        CLI earlier, before the lifespan, so that a port already taken ends the start as an HTTP
+        one does (one error line, exit status 3) rather than as a failed lifespan (a traceback)."""
+        port = self.runtime.config.server.grpc_port
+        if port is not None and self._grpc is None:
+            self._grpc = await start_grpc(self.runtime, host, port)
+            self.runtime.grpc_port = self._grpc.port
 
     def _loaded(
         self,
@@ -97,7 +106,7 @@ class Lifecycle:
         """The one shutdown sequence, after the HTTP server has drained: refuse new work, answer
         the gRPC calls in flight while the replicas still run, stop loading, stop the replicas
         (failing what they hold), release the worker threads."""
-        self.runtime.draining = True
+        self._draining()
         if self._grpc is not None:
             await stop_grpc(self._grpc, self.runtime.config.server.drain_grace_s)
         if self._loading is not None:
@@ -111,9 +120,15 @@ class Lifecycle:
         answered 503 (retry elsewhere) instead of being cut off. Safe from a signal handler."""
         self.runtime.draining = True
         if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.runtime.registry.readiness_changed)
             self._loop.call_soon_threadsafe(
                 self._loop.call_later, self.runtime.config.server.drain_grace_s, self._give_up
             )
+
+    def _draining(self) -> None:
+        """Readiness turns false, and its observers hear it (on the event loop)."""
+        self.runtime.draining = True
+        self.runtime.registry.readiness_changed()
 
     def _give_up(self) -> None:
         error = NotReady(
@@ -140,6 +155,11 @@ class DrainingServer(uvicorn.Server):
         self._loaded = False
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await self.lifecycle.listen_grpc(self.config.host)
+        except ConfigError as error:  # as uvicorn's own ending when the HTTP port is taken
+            logging.getLogger("uvicorn.error").error(error.message)
+            sys.exit(STARTUP_FAILURE)
         await super().startup(sockets)  # exits the process if it cannot bind
         self._listening = True
         self._announce()

@@ -50,7 +50,20 @@ class Registry:
         self.models: dict[str, ServedModel] = {}
         self.started = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._readiness_observers: list[Callable[[], None]] = []
         metrics.ready.set_function(lambda: float(self.ready))
+
+    def on_readiness(self, observer: Callable[[], None]) -> None:
+        """``observer`` is called on the event loop whenever readiness may have changed (a
+        version activated, an unload, a replica loop down or back, start and stop), so that a
+        door can push readiness to its clients (gRPC health's Watch) instead of polling it."""
+        self._readiness_observers.append(observer)
+
+    def readiness_changed(self) -> None:
+        """Tells the observers; also called by whoever changes what readiness reads beside the
+        registry (the lifecycle, when draining begins)."""
+        for observer in self._readiness_observers:
+            observer()
 
     @property
     def ready(self) -> bool:
@@ -89,13 +102,14 @@ class Registry:
             if served.spec.watch:
                 self._keep_running(f"watch-{served.name}", lambda served=served: self._watch(served))  # type: ignore[misc]
         self.started = True
+        self.readiness_changed()
 
     def _keep_running(
         self, name: str, run: Callable[[], Awaitable[None]], *, down: set[int] | None = None, key: int = 0
     ) -> None:
         """A supervised background task: if ``run`` ever ends (it should not), it is logged,
         marked down in ``down`` (which readiness reads) and restarted after a pause."""
-        task = asyncio.create_task(_supervise(name, run, down, key), name=name)
+        task = asyncio.create_task(_supervise(name, run, down, key, self.readiness_changed), name=name)
         task.add_done_callback(_log_end)
         self._tasks.append(task)
 
@@ -129,6 +143,7 @@ class Registry:
     async def stop(self) -> None:
         """Cancels the replica loops (failing what they hold) and joins their threads."""
         self.started = False
+        self.readiness_changed()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -176,6 +191,7 @@ class Registry:
             self.metrics.clear_model_info(name)
             self.metrics.reloads.labels(name, "unload").inc()
             log.info("model %s unloaded (was serving version %s)", name, gone)
+            self.readiness_changed()
             return gone
 
     async def _swap(self, served: ServedModel, checkpoint: Path) -> tuple[str | None, str, bool]:
@@ -299,13 +315,20 @@ class Registry:
         self.metrics.set_model_info(served.name, version.version, served.spec.architecture)
         self.metrics.load_duration.labels(served.name).set(version.load_seconds)
         log.info("model %s serving version %s from %s", served.name, version.version, version.checkpoint)
+        self.readiness_changed()
 
 
 # A task that dies at once again is retried with a doubling pause, up to the last figure.
 RESTART_PAUSE_S = (0.1, 5.0)
 
 
-async def _supervise(name: str, run: Callable[[], Awaitable[None]], down: set[int] | None, key: int) -> None:
+async def _supervise(
+    name: str,
+    run: Callable[[], Awaitable[None]],
+    down: set[int] | None,
+    key: int,
+    changed: Callable[[], None],
+) -> None:
     pause_s, longest_s = RESTART_PAUSE_S
     while True:
         try:
@@ -317,10 +340,12 @@ async def _supervise(name: str, run: Callable[[], Awaitable[None]], down: set[in
             log.error("background task %s died (%s); restarting it", name, type(exc).__name__, exc_info=exc)
         if down is not None:
             down.add(key)
+            changed()
         await asyncio.sleep(pause_s)
         pause_s = min(pause_s * 2, longest_s)
         if down is not None:
             down.discard(key)
+            changed()
 
 
 def _log_end(task: asyncio.Task[None]) -> None:

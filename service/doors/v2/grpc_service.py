@@ -3,8 +3,9 @@ in the server's own process and event loop, on the same pipeline as ``/predict``
 
 The protocol messages are tritonclient's compiled ``service_pb2`` (Triton's superset of the
 KServe v2 proto: its repository extension and ``ModelStreamInfer`` are served, the other RPCs it
-adds answer UNIMPLEMENTED). Inputs come as ``raw_input_contents``
-or typed ``contents``; outputs always go as ``raw_output_contents``.
+adds answer UNIMPLEMENTED, naming the method). Inputs come as ``raw_input_contents``
+or typed ``contents``; outputs always go as ``raw_output_contents``. Beside it on the same
+port: ``grpc.health.v1.Health`` (``health``) and server reflection (``reflection``).
 """
 
 from __future__ import annotations
@@ -12,23 +13,30 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import socket
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from service.doors.admin import bearer_token
 from service.doors.v2 import repository
+from service.doors.v2.grpc_intake import MessageIntake
+from service.doors.v2.health import Health, server_ready
 from service.doors.v2.infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
 from service.doors.v2.model_config import model_config, model_config_proto
 from service.doors.v2.model_statistics import model_statistics, statistics_proto
+from service.doors.v2.reflection import enable_reflection
 from service.doors.v2.stream import answered
 from service.doors.v2.tensors import InputTensor, from_contents, from_raw, parse_shape, to_raw
-from service.errors import BadRequest, ConfigError, NotFound, ServeError
+from service.errors import BadRequest, ConfigError, NotFound, QueueFull, ServeError
 from service.ops.access import Access, RequestIds, note_model, note_status
 from service.pipeline.call import Call, accounted
 from service.pipeline.runtime import Runtime
@@ -66,7 +74,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         return pb.ServerLiveResponse(live=self.runtime.startup_error is None)
 
     async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return pb.ServerReadyResponse(ready=self.runtime.registry.ready and not self.runtime.draining)
+        return pb.ServerReadyResponse(ready=server_ready(self.runtime))
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -111,7 +119,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await self._accounted(request)
+            return await self._accounted(request, streamed=False)
         except ServeError as error:
             await _abort(context, error)
 
@@ -131,7 +139,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         access = Access("grpc", "ModelStreamInfer", _STREAM_PATH, client, self.ids.choose(request.id or None))
         access.begin()
         try:
-            response = pb.ModelStreamInferResponse(infer_response=await self._accounted(request))
+            response = pb.ModelStreamInferResponse(
+                infer_response=await self._accounted(request, streamed=True)
+            )
         except ServeError as error:
             note_status(error.status)
             _finish(access, grpc.StatusCode[error.grpc_code])
@@ -144,14 +154,15 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         _finish(access, grpc.StatusCode.OK)
         return response
 
-    async def _accounted(self, request: Any) -> Any:
+    async def _accounted(self, request: Any, *, streamed: bool) -> Any:
         """One inference request, counted in its model's metrics (a refusal is raised)."""
         runtime = self.runtime
         note_model(request.model_name, request.model_version or None)
         served = runtime.registry.models.get(request.model_name)
         with accounted(served.metrics if served is not None else runtime.unknown_model_metrics) as answer:
             try:
-                response = await self._infer(request, runtime.registry.named(request.model_name))
+                served_model = runtime.registry.named(request.model_name)
+                response = await self._infer(request, served_model, streamed=streamed)
             except ServeError as error:
                 answer.failed(error)
                 raise
@@ -189,10 +200,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             await _abort(context, error)
         return pb.RepositoryModelUnloadResponse()
 
-    async def _infer(self, request: Any, served: ServedModel) -> Any:
+    async def _infer(self, request: Any, served: ServedModel, *, streamed: bool) -> Any:
         # gRPC has received the whole message: the deadline is the server's from the start
         async with Call(self.runtime, served, request.model_version or None, uploading=False) as call:
-            call.hold_body(request.ByteSize())
+            if streamed:  # a unary call's message holds the budget from its intake on
+                call.hold_body(request.ByteSize())
             parsed = InferRequest(request.id or None, _inputs(request), _outputs(request.outputs))
             outputs = await infer(call, parsed)
         version = call.pinned
@@ -208,7 +220,28 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         )
 
 
-_STREAM_PATH = "/inference.GRPCInferenceService/ModelStreamInfer"
+_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+_HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+_STREAM_PATH = f"/{_SERVICE}/ModelStreamInfer"
+
+
+def _unimplemented(method: str) -> Callable[..., Awaitable[Any]]:
+    async def refuse(self: InferenceService, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"{_SERVICE}/{method} is not implemented by model-serve (docs/kserve.md lists its RPCs)",
+        )
+
+    refuse.__name__ = method
+    return refuse
+
+
+# Triton's RPCs that model-serve does not serve (shared memory, trace and log settings): each
+# answers UNIMPLEMENTED naming itself, where the generated base class would raise
+# NotImplementedError and leave a traceback in the log for every such call.
+for _method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+    if _method.name not in vars(InferenceService):
+        setattr(InferenceService, _method.name, _unimplemented(_method.name))
 
 
 def _asker(context: grpc.aio.ServicerContext) -> repository.Asker:
@@ -260,10 +293,13 @@ def _outputs(requested: Sequence[Any]) -> list[RequestedOutput] | None:
     return outputs or None
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: ServeError) -> NoReturn:
-    """Ends the call with the error's own row of the error table (code, and status for the log)."""
+async def _abort(
+    context: grpc.aio.ServicerContext, error: ServeError, code: grpc.StatusCode | None = None
+) -> NoReturn:
+    """Ends the call with the error's own row of the error table (code, and status for the log),
+    or with ``code`` where gRPC has a better one than the table's."""
     note_status(error.status)
-    await context.abort(grpc.StatusCode[error.grpc_code], error.message)
+    await context.abort(code or grpc.StatusCode[error.grpc_code], error.message)
     raise AssertionError("abort() raises")  # pragma: no cover
 
 
@@ -276,10 +312,12 @@ _HTTP_EQUIVALENT = {
 }
 
 
-class AccessLog(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """One access line per unary call: every RPC of the service but Triton's streaming one."""
+class UnaryCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Every unary call (every RPC but Triton's streaming one): its message received within
+    the body budget (``grpc_intake``), and its access line, refusals included."""
 
-    def __init__(self) -> None:
+    def __init__(self, intake: MessageIntake) -> None:
+        self.intake = intake
         self.ids = RequestIds()
 
     async def intercept_service(
@@ -288,60 +326,74 @@ class AccessLog(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
-        return grpc.unary_unary_rpc_method_handler(
-            self._logged(handler.unary_unary, details),
-            request_deserializer=_tolerant(handler.request_deserializer),
+        # stream-unary, the same on the wire: grpc does not read the message before it is asked
+        return grpc.stream_unary_rpc_method_handler(
+            self._logged(handler.unary_unary, handler.request_deserializer, details),
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
 
-    def _logged(self, behaviour: Callable[..., Any], details: grpc.HandlerCallDetails) -> Callable[..., Any]:
+    def _logged(
+        self, behaviour: Callable[..., Any], parse: Callable[[bytes], Any], details: grpc.HandlerCallDetails
+    ) -> Callable[..., Any]:
         path: str = details.method
         method = path.rsplit("/", 1)[-1]
+        kind = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)  # FromString's class
+        kind_name = getattr(kind, "full_name", "protobuf")
+        queued = not path.startswith(f"/{_HEALTH}/")  # a probe never waits behind large messages
         given = next(
             (value for key, value in details.invocation_metadata or () if key == "x-request-id"), None
         )
 
-        async def logged(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def logged(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
             peer = context.peer()
             access = Access("grpc", method, path, peer.partition(":")[2] or peer, self.ids.choose(given))
             access.begin()
             try:
-                if isinstance(request, Malformed):
-                    await _abort(context, BadRequest(f"the request is not a valid {request.kind} message"))
-                answer = behaviour(request, context)
-                response = await answer if inspect.isawaitable(answer) else answer
-            except asyncio.CancelledError:  # the client cancelled, or its deadline passed
+                response = await self._answer(requests, context, behaviour, parse, kind_name, queued)
+            except asyncio.CancelledError as cancelled:  # the client cancelled, or its deadline passed
                 _finish(access, grpc.StatusCode.CANCELLED)
+                _forget_locals(cancelled)
                 raise
-            except BaseException:  # an abort (its code is set) or a bug (UNKNOWN)
+            except BaseException as ended:  # an abort (its code is set) or a bug (UNKNOWN)
                 _finish(access, context.code() or grpc.StatusCode.UNKNOWN)
+                _forget_locals(ended)
                 raise
             _finish(access, context.code() or grpc.StatusCode.OK)
             return response
 
         return logged
 
-
-class Malformed:
-    """A request whose bytes do not parse as its protobuf message: answered INVALID_ARGUMENT
-    by the interceptor, where grpc itself would answer UNKNOWN with the parser's exception."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-
-
-def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    if deserialize is None:
-        return None
-
-    def parse(data: bytes) -> Any:
+    async def _answer(
+        self,
+        requests: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext,
+        behaviour: Callable[..., Any],
+        parse: Callable[[bytes], Any],
+        kind: str,
+        queued: bool,
+    ) -> Any:
         try:
-            return deserialize(data)
-        except DecodeError:
-            owner = getattr(deserialize, "__self__", None)  # FromString's message class
-            return Malformed(getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "protobuf"))
+            async with self.intake.message(requests, parse, kind, queued=queued) as request:
+                answer = behaviour(request, context)
+                return await answer if inspect.isawaitable(answer) else answer
+        except QueueFull as busy:  # gRPC's code for a quota used up: the body budget
+            await _abort(context, busy, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        except ServeError as error:  # the message: missing, malformed, too slow
+            await _abort(context, error)
 
-    return parse
+
+def _forget_locals(error: BaseException) -> None:
+    """Clears the locals of the finished frames in the tracebacks of ``error`` and of the errors
+    it was raised while handling: grpc keeps an aborted call's exception in a reference cycle,
+    whose frames held the request message (19 MB each in a burst) until the next full garbage
+    collection, which a served process rarely runs."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        traceback.clear_frames(link.__traceback__)
+        link = link.__context__
 
 
 def _finish(access: Access, code: grpc.StatusCode) -> None:
@@ -351,28 +403,66 @@ def _finish(access: Access, code: grpc.StatusCode) -> None:
     access.finish()
 
 
-async def start_grpc(runtime: Runtime, host: str, port: int) -> tuple[grpc.aio.Server, int]:
-    """A started server and its bound port; a port that cannot be bound is a clear error."""
+@dataclass(frozen=True)
+class GrpcDoor:
+    """The started gRPC server, its bound port and its health service (ended first at stop)."""
+
+    server: grpc.aio.Server
+    port: int
+    health: Health
+
+
+async def start_grpc(runtime: Runtime, host: str, port: int) -> GrpcDoor:
+    """A started server on its own port; a port that cannot be bound, or that another process
+    already listens on, is a clear error (bound exclusively: no ``SO_REUSEPORT`` sharing, which
+    would let a second server split the first one's calls)."""
     limit = runtime.config.server.max_body_bytes
     server = grpc.aio.server(
-        interceptors=[AccessLog()],
-        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 4 * limit)],
+        interceptors=[UnaryCalls(MessageIntake(runtime))],
+        options=[
+            ("grpc.so_reuseport", 0),
+            # no window growth past what a call has asked to read: a message that waits for
+            # a receive slot stays on the client (with it, grpc buffered ~9 MB per waiting call)
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", 4 * limit),
+        ],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(runtime), server)
+    health = Health(runtime)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    enable_reflection(server, [_SERVICE, _HEALTH])
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from None
+    except RuntimeError:
+        bound = 0
     if bound == 0:
-        raise ConfigError(f"cannot listen for gRPC on {address}: the port is taken or not allowed")
+        raise ConfigError(_bind_failure(host, port))
     await server.start()
     log.info("gRPC (Open Inference Protocol v2) on %s:%d", host, bound)
-    return server, bound
+    return GrpcDoor(server, bound, health)
 
 
-async def stop_grpc(server: grpc.aio.Server, grace_s: float) -> None:
-    """Refuses new calls and answers the ones in flight (up to ``grace_s``)."""
+def _bind_failure(host: str, port: int) -> str:
+    """Why gRPC could not bind, in the words uvicorn uses for an HTTP port (grpc says only that
+    it failed): the kernel's answer to binding the address again, e.g. address already in use."""
+    where = f"error while attempting to bind on gRPC address {(host, port)!r}"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc binds
+            probe.bind((host, port))
+            return f"{where}: grpc could not bind it"
+    except OSError as exc:
+        if exc.errno is None or exc.strerror is None:
+            return f"{where}: {exc}"
+        return f"[Errno {exc.errno}] {where}: {exc.strerror.lower()}"
+
+
+async def stop_grpc(door: GrpcDoor, grace_s: float) -> None:
+    """Ends the health streams, refuses new calls and answers the ones in flight (up to ``grace_s``)."""
     started = time.monotonic()
-    await server.stop(grace_s)
+    door.health.close()
+    await door.server.stop(grace_s)
     log.info("gRPC stopped after %.1f s", time.monotonic() - started)
