@@ -136,7 +136,12 @@ def serve(config_path: Path | None, *, host: str, port: int, grpc_port: int | st
     )
     uvicorn_config = uvicorn.Config(
         app,
-        http=bounded_protocol(limits.max_header_bytes, limits.header_timeout_s, max_connections),
+        http=bounded_protocol(
+            limits.max_header_bytes,
+            limits.header_timeout_s,
+            max_connections,
+            app.state.runtime.metrics.evicted_connections.inc,
+        ),
         host=host,
         port=port,
         access_log=False,

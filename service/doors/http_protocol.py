@@ -124,6 +124,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s = 10.0
     max_connections = DEFAULT_MAX_CONNECTIONS
     head_waiters = HeadWaiters()
+    on_evicted: Callable[[], None] = staticmethod(lambda: None)
     _head_bytes = 0
     _in_head = True
     _head_deadline: asyncio.TimerHandle | None = None
@@ -187,6 +188,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         evicted._disarm_head_deadline()
         self.connections.discard(evicted)  # its place is this one's now, not when its close lands
         evicted.transport.close()
+        self.on_evicted()
         return True
 
     @property
@@ -240,13 +242,15 @@ async def _refuse_busy(scope: Scope, receive: ASGIReceiveCallable, send: ASGISen
 
 
 def bounded_protocol(
-    max_head_bytes: int, header_timeout_s: float, max_connections: int
+    max_head_bytes: int, header_timeout_s: float, max_connections: int, on_evicted: Callable[[], None]
 ) -> type[BoundedHttpToolsProtocol]:
-    """The protocol class for ``uvicorn.Config(http=...)`` with this server's bounds."""
+    """The protocol class for ``uvicorn.Config(http=...)`` with this server's bounds;
+    ``on_evicted`` counts each connection closed to make room."""
     bounds = {
         "max_head_bytes": max_head_bytes,
         "header_timeout_s": header_timeout_s,
         "max_connections": max_connections,
         "head_waiters": HeadWaiters(),
+        "on_evicted": staticmethod(on_evicted),
     }
     return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), bounds)

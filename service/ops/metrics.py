@@ -82,6 +82,11 @@ class Metrics:
             "pool's busy fraction.",
         )
         self.decode_threads = self._gauge("decode_threads", "Threads that decode requests' images.")
+        self.evicted_connections = self._counter(
+            "evicted_connections",
+            "Connections closed while waiting for a request head, to make room for a new one past "
+            "server.max_connections.",
+        )
         self.images_per_request = self._histogram(
             "images_per_request", "Images in one predict request.", ["model"], buckets=_BATCH_BUCKETS
         )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.doors.http_protocol import PROBE_RESERVE
 from tests.support.harness import model_entry, png, save_random_weights, write_config
@@ -223,6 +224,7 @@ def test_a_head_trickled_after_an_answer_is_cut_at_the_deadline(deadlines: Serve
 def test_unfinished_heads_past_the_cap_never_keep_out_probes(capped: ServerProcess) -> None:
     """Many more unfinished heads than the cap and its probe reserve: the oldest are closed to
     make room, so probes answer at once, round after round, and so does a normal request."""
+    evicted_before = _evicted(capped.url)
     with ExitStack() as stack:
         flood = _unfinished_heads(stack, capped.port, CAP + PROBE_RESERVE + 40)
         for _ in range(5):
@@ -237,7 +239,16 @@ def test_unfinished_heads_past_the_cap_never_keep_out_probes(capped: ServerProce
         closed = [_closed_by_server(sock) for sock in flood]
         assert closed == sorted(closed, reverse=True), "a newer socket was closed before an older one"
         assert 0 < closed.count(False) <= CAP
+        # every socket closed to make room counted once (the probes' own may add a few)
+        assert _evicted(capped.url) - evicted_before >= closed.count(True)
     _predict_ok(capped.url)
+
+
+def _evicted(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    families = text_string_to_metric_families(text)
+    (family,) = [f for f in families if f.name == "model_serve_evicted_connections"]
+    return sum(sample.value for sample in family.samples if sample.name.endswith("_total"))
 
 
 def test_room_is_made_from_the_peer_holding_the_most_unfinished_heads(capped: ServerProcess) -> None:
