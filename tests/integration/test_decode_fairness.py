@@ -124,9 +124,8 @@ def test_a_request_past_its_decode_budget_is_refused_and_the_rest_not_decoded(
     assert reported is not None, error["message"]
     decoded, took = int(reported[1]), float(reported[2])
     print(f"over budget: {decoded} of {OVER_BUDGET_IMAGES} decoded in {took} s, {spent:.1f} s counted")
-    assert (
-        decoded < OVER_BUDGET_IMAGES and took > BUDGET_S
-    )  # stopped once past the budget, not after every image
+    # stopped once past the budget (the message rounds to 0.1 s), not after every image
+    assert decoded < OVER_BUDGET_IMAGES and took >= BUDGET_S
     assert spent == pytest.approx(took, abs=0.2)  # the metric counts the same seconds
     ok = httpx.post(f"{server.url}/predict?model=m", content=SMALL, headers={"Content-Type": "image/png"})
     assert ok.status_code == 200, ok.text
