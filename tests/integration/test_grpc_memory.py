@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import httpx
@@ -23,6 +22,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from tests.support.harness import model_entry, save_random_weights, write_config
 from tests.support.loadgen import arrived_and_in_flight
+from tests.support.memory import memory_mb
 from tests.support.serving import ServerProcess
 from tests.support.waiting import wait_until
 
@@ -47,13 +47,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     limits = {"max_body_bytes": BODY_LIMIT, "max_inflight_body_bytes": BUDGET, "request_timeout_s": 60}
     with ServerProcess(write_config(base, {"m": entry}, server=limits), base / "server.log") as running:
         yield running
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def _image_message(size: int) -> bytes:
@@ -122,8 +115,8 @@ def _settles_near(server: ServerProcess, idle_mb: float) -> None:
     """The memory comes back (the heap is trimmed on a worker thread after the last message)."""
     pid = server.process.pid
     what = f"RSS within {AFTER_BURST_MB} MB of idle ({idle_mb:.0f} MB)"
-    wait_until(lambda: _rss_mb(pid) < idle_mb + AFTER_BURST_MB, 10, what)
-    print(f"RSS idle {idle_mb:.0f} MB, after the burst {_rss_mb(pid):.0f} MB")
+    wait_until(lambda: memory_mb(pid) < idle_mb + AFTER_BURST_MB, 10, what)
+    print(f"RSS idle {idle_mb:.0f} MB, after the burst {memory_mb(pid):.0f} MB")
 
 
 @pytest.fixture
@@ -132,7 +125,7 @@ def idle_mb(server: ServerProcess) -> float:
     first allocations are not the burst's to give back)."""
     assert _sender(server)(_tensor_message()) == ("OK", "")
     _burst(server, _image_message(BODY_LIMIT // 4))
-    return _rss_mb(server.process.pid)
+    return memory_mb(server.process.pid)
 
 
 def test_messages_over_the_body_limit_are_refused_unread(server: ServerProcess, idle_mb: float) -> None:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from tests.support.harness import model_entry, png, save_random_weights, write_config
 from tests.support.loadgen import PNG
+from tests.support.memory import memory_mb
 from tests.support.serving import ServerProcess
 from tests.support.waiting import wait_until
 
@@ -50,14 +51,6 @@ def _real_bomb() -> bytes:
     buffer = io.BytesIO()
     Image.new("1", (6000, 6000)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _rss_mb(pid: int, field: str = "VmRSS") -> float:
-    """Resident memory now (``VmRSS``) or its peak over the process's life (``VmHWM``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no {field}")
 
 
 def _upload_head(content_length: str) -> bytes:
@@ -126,7 +119,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         _hostile_round(served, rounds=1)  # warm-up: every path once, allocator pools filled
         for _ in range(20):
             served.predict_ok()
-        served.baseline_mb = _rss_mb(served.pid)
+        served.baseline_mb = memory_mb(served.pid)
         yield served
 
 
@@ -309,8 +302,8 @@ def test_memory_stays_bounded_after_hostile_rounds(server: Server) -> None:
     _hostile_round(server, rounds=3)
     for _ in range(20):
         server.predict_ok()
-    grown = _rss_mb(server.pid) - server.baseline_mb
-    peak = _rss_mb(server.pid, "VmHWM") - server.baseline_mb
+    grown = memory_mb(server.pid) - server.baseline_mb
+    peak = memory_mb(server.pid, "VmHWM") - server.baseline_mb
     print(f"RSS baseline {server.baseline_mb:.0f} MB, grown {grown:.0f} MB, peak {peak:.0f} MB")
     assert grown < 150, f"RSS grew by {grown:.0f} MB over the warm baseline of {server.baseline_mb:.0f} MB"
     # the peak too: a 200 MB upload buffered whole, then freed, would show here and only here

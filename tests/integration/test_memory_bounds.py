@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,6 +20,7 @@ from PIL import Image
 
 from tests.support import crafted
 from tests.support.harness import model_entry, png, save_random_weights, write_config
+from tests.support.memory import memory_mb, reset_peak_mb
 from tests.support.serving import ServerProcess
 
 ARCH = "tests.support.archs:slow_classifier"
@@ -48,27 +48,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield running
 
 
-def _reset_peak_mb(pid: int) -> float:
-    """Forgets the process's peak RSS (Linux ``clear_refs`` 5), so that the next peak is this
-    test's; returns the RSS it starts from. An earlier test's peak would hide a smaller one."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
-    return _rss_mb(pid)
-
-
-def _peak_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 def _assert_healthy(server: ServerProcess) -> None:
     assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
     answer = httpx.post(f"{server.url}/predict?model=m", content=GOOD, headers=PNG, timeout=30)
@@ -79,11 +58,11 @@ def test_32_large_pngs_in_one_request_are_answered_in_bounded_memory(server: Ser
     buffer = io.BytesIO()
     Image.new("L", (6000, 6000)).save(buffer, format="PNG")  # 36 M pixels in ~105 kB
     files = [("file", (f"big{i}.png", buffer.getvalue(), "image/png")) for i in range(32)]
-    before = _reset_peak_mb(server.process.pid)
+    before = reset_peak_mb(server.process.pid)
     answer = httpx.post(f"{server.url}/predict?model=m", files=files, timeout=180)
     assert answer.status_code == 200, answer.text
     assert len(answer.json()["predictions"]) == 32
-    growth = _peak_mb(server.process.pid) - before
+    growth = memory_mb(server.process.pid, "VmHWM") - before
     print(f"32 x 6000x6000 PNG: peak RSS growth {growth:.0f} MB (bound {MULTIPART_PEAK_MB})")
     assert growth < MULTIPART_PEAK_MB
     _assert_healthy(server)
@@ -119,9 +98,9 @@ def _upload_wave(server: ServerProcess, count: int) -> dict[int | str, int]:
 
 
 def test_100_concurrent_20_mb_uploads_hold_at_most_the_body_budget(server: ServerProcess) -> None:
-    before = _reset_peak_mb(server.process.pid)
+    before = reset_peak_mb(server.process.pid)
     counts = _upload_wave(server, 100)
-    growth = _peak_mb(server.process.pid) - before
+    growth = memory_mb(server.process.pid, "VmHWM") - before
     print(f"100 x 20 MB uploads: {counts}, peak RSS growth {growth:.0f} MB (bound {UPLOADS_PEAK_MB:.0f})")
     assert growth < UPLOADS_PEAK_MB
     _assert_healthy(server)
@@ -131,7 +110,7 @@ def test_waves_of_refused_uploads_leave_no_memory_behind(server: ServerProcess) 
     after_each = []
     for _ in range(WAVES):
         _upload_wave(server, WAVE_SIZE)
-        after_each.append(_rss_mb(server.process.pid))
+        after_each.append(memory_mb(server.process.pid))
     shown = ", ".join(f"{rss:.0f}" for rss in after_each)
     print(f"{WAVES} waves of {WAVE_SIZE} x 20 MB uploads: RSS after each {shown} MB")
     assert max(after_each) - after_each[0] < WAVES_GROWTH_MB  # neither growth nor a sawtooth

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton_http
 
+from tests.support.memory import memory_mb
 from tests.support.serving import ServerProcess
 
 MIB = 1 << 20
@@ -35,13 +36,6 @@ def zip_bomb(inflated_mib: int) -> bytes:
     block = compressor.compress(zero) + compressor.flush(zlib.Z_FULL_FLUSH)
     end = compressor.flush()[:-8]
     return head + block * (inflated_mib - 1) + end + struct.pack("<II", 0, (inflated_mib * MIB) & 0xFFFFFFFF)
-
-
-def _rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS line")
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +80,7 @@ def test_a_zip_bomb_is_413_quickly_and_memory_stays_bounded(demo_server: ServerP
     bomb = zip_bomb(10 * 1024)  # 10 GiB of zeros in about 10 MB: under the 20 MiB body limit
     assert len(bomb) < 12 * MIB
     pid = demo_server.process.pid
-    before = _rss_bytes(pid)
+    before = memory_mb(pid) * MIB
     for path, content_type in (("/v2/models/digits/infer", "application/json"), ("/predict", "image/png")):
         headers = {"Content-Encoding": "gzip", "Content-Type": content_type}
         started = time.monotonic()
@@ -95,7 +89,7 @@ def test_a_zip_bomb_is_413_quickly_and_memory_stays_bounded(demo_server: ServerP
         assert "inflates past the limit" in answer.text
         assert time.monotonic() - started < 10, "refused one step past the limit, not after inflating it all"
     # the limit (20 MiB) and the bomb itself (10 MB) at most, with room for allocator slack
-    assert _rss_bytes(pid) - before < 80 * MIB, (before, _rss_bytes(pid))
+    assert memory_mb(pid) * MIB - before < 80 * MIB, (before, memory_mb(pid) * MIB)
     assert httpx.get(f"{demo_server.url}/healthz").status_code == 200
 
 
