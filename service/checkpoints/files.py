@@ -11,12 +11,14 @@ half-written one is refused instead of served.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import stat
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -137,15 +139,23 @@ def check_torch_zip_file(path: Path) -> None:
 
 
 def _check_zip(source: IO[bytes], path: Path) -> None:
+    with _torch_zip(source, path) as archive:
+        records = archive.infolist()
+        if all(record.CRC == 0 for record in records):
+            return
+        for record in records:
+            with archive.open(record) as member:
+                while member.read(_CHUNK_BYTES):
+                    pass  # ZipExtFile checks the CRC-32 at the record's end
+
+
+@contextlib.contextmanager
+def _torch_zip(source: IO[bytes], path: Path) -> Iterator[zipfile.ZipFile]:
+    """``source`` opened as a zip (its central directory, the last thing a zip writer writes,
+    read); any sign inside the block that it is not whole is a ``CheckpointError`` naming ``path``."""
     try:
         with zipfile.ZipFile(source) as archive:
-            records = archive.infolist()
-            if all(record.CRC == 0 for record in records):
-                return
-            for record in records:
-                with archive.open(record) as member:
-                    while member.read(_CHUNK_BYTES):
-                        pass  # ZipExtFile checks the CRC-32 at the record's end
+            yield archive
     except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
         raise CheckpointError(
             f"{path} is not a whole torch checkpoint (truncated or corrupt? still being written?): {exc}"
@@ -166,18 +176,8 @@ def check_not_cut_short(path: Path) -> None:
             raise CheckpointError(f"checkpoint {path} is empty (0 bytes); was it written completely?")
         if head == ZIP_MAGIC:
             file.seek(0)
-            _check_zip_directory(file, path)
-
-
-def _check_zip_directory(source: IO[bytes], path: Path) -> None:
-    """The central directory, the last thing a zip writer writes, is there and reads."""
-    try:
-        with zipfile.ZipFile(source):
-            pass
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
-        raise CheckpointError(
-            f"{path} is not a whole torch checkpoint (truncated or still being written?): {exc}"
-        ) from exc
+            with _torch_zip(file, path):
+                pass
 
 
 def check_safetensors(whole: WholeFile) -> None:
