@@ -1,5 +1,5 @@
 """HTTP routes: each handler looks its objects up on the runtime and hands work down the line
-route -> decode (worker pool) -> batcher -> replica -> postprocess -> response.
+route -> decode (decode threads) -> batcher -> replica -> postprocess -> response.
 """
 
 from __future__ import annotations

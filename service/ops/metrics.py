@@ -68,7 +68,7 @@ class Metrics:
         )
         self.decode_duration = self._seconds(
             "decode_duration_seconds",
-            "Time to open and decode one request's images (inline when tiny, else in the worker pool).",
+            "Time to open and decode one request's images (inline when tiny, else on the decode threads).",
             ["model"],
         )
         self.decode_waiting = self._gauge(

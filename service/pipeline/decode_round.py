@@ -5,7 +5,7 @@ Decoding back to back keeps the interpreter's and Pillow's working set warm, whe
 request decoding its own image between the loop's other work found it cold: on the digits
 model (a 64x64 PNG) 32 clients were answered about 10% faster (A/B, interleaved, this
 project's 2-core machine: 2,820 -> 3,060 requests/s). A request waits one loop step longer
-at most; a larger image never waits for a round (it goes to the worker pool).
+at most; a larger image never waits for a round (it goes to the decode threads).
 """
 
 from __future__ import annotations

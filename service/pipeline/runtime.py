@@ -21,7 +21,8 @@ from service.pipeline.served import ServedModel
 
 @dataclass(eq=False)
 class Runtime:
-    """Config, registry, metrics and the worker pool for decode and PNG encode."""
+    """Config, registry, metrics, and the decode threads (``workers``: the ``DecodePool``'s
+    executor, nothing else runs there; shut down at stop)."""
 
     config: ServeConfig
     registry: Registry

@@ -3,7 +3,7 @@
 JSON requests and answers, with the binary tensor data extension both ways: a request whose
 ``Inference-Header-Content-Length`` header is set carries that many bytes of JSON, then the
 binary sections of the inputs that declare ``parameters.binary_data_size``, in input order.
-A request's JSON is parsed in the worker pool, after its values are counted against what the
+A request's JSON is parsed on a worker thread, after its values are counted against what the
 model takes, so a large body never holds the event loop. Errors are ``{"error": "message"}``.
 """
 
@@ -175,9 +175,10 @@ async def _infer(runtime: Runtime, request: Request, served: ServedModel, versio
         body = await read_body(request, call.limits.max_body_bytes, call.hold_body)
         call.uploaded()
         header_length = request.headers.get(HEADER_LENGTH)
-        # megabytes of JSON take seconds of Python to parse and flatten: not on the event loop
-        parsed, binary_default = await asyncio.get_running_loop().run_in_executor(
-            runtime.workers, _parse, body, header_length, _value_limit(served, call.limits)
+        # megabytes of JSON take seconds of Python to parse and flatten: not on the event loop,
+        # and not on the decode threads either, which the DecodePool shares out fairly
+        parsed, binary_default = await asyncio.to_thread(
+            _parse, body, header_length, _value_limit(served, call.limits)
         )
         outputs = await infer(call, parsed)
     binary = {output.name: output.binary for output in parsed.outputs or ()}
