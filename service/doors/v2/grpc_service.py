@@ -11,23 +11,22 @@ port: ``grpc.health.v1.Health`` (``health``) and server reflection (``reflection
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import socket
 import time
-import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from service.doors.admin import bearer_token
 from service.doors.v2 import repository
+from service.doors.v2.grpc_calls import HEALTH_SERVICE, UnaryCalls, abort, finish
 from service.doors.v2.grpc_intake import MessageIntake
 from service.doors.v2.health import Health, server_ready
 from service.doors.v2.infer import InferRequest, RequestedOutput, infer, model_metadata, server_metadata
@@ -36,7 +35,7 @@ from service.doors.v2.model_statistics import model_statistics, statistics_proto
 from service.doors.v2.reflection import enable_reflection
 from service.doors.v2.stream import answered
 from service.doors.v2.tensors import InputTensor, from_contents, from_raw, parse_shape, to_raw
-from service.errors import BadRequest, ConfigError, NotFound, QueueFull, ServeError
+from service.errors import BadRequest, ConfigError, NotFound, ServeError
 from service.ops.access import Access, RequestIds, note_model, note_status
 from service.pipeline.call import Call, accounted
 from service.pipeline.runtime import Runtime
@@ -81,7 +80,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             served = self.runtime.registry.named(request.name)
             served.check_version(request.version or None)
         except ServeError as error:
-            await _abort(context, error)
+            await abort(context, error)
         return pb.ModelReadyResponse(ready=served.ready)
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -92,7 +91,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             served = self.runtime.registry.named(request.name)
             described = model_metadata(served, served.pin(request.version or None))
         except ServeError as error:
-            await _abort(context, error)
+            await abort(context, error)
         return pb.ModelMetadataResponse(
             name=described["name"],
             versions=described["versions"],
@@ -106,7 +105,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             served = self.runtime.registry.named(request.name)
             config = model_config(served, served.pin(request.version or None))
         except ServeError as error:
-            await _abort(context, error)
+            await abort(context, error)
         return pb.ModelConfigResponse(config=model_config_proto(config))
 
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -114,14 +113,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         try:
             statistics = model_statistics(self.runtime.registry, request.name, request.version or None)
         except ServeError as error:
-            await _abort(context, error)
+            await abort(context, error)
         return statistics_proto(statistics)
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await self._accounted(request, streamed=False)
         except ServeError as error:
-            await _abort(context, error)
+            await abort(context, error)
 
     async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
         """Triton's bidirectional stream: each request answered as ``ModelInfer`` answers it,
@@ -133,7 +132,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
                 yield response
         except DecodeError:  # grpc's reader of the stream is done with: the stream ends here
             message = "a message on the stream is not a valid inference.ModelInferRequest"
-            await _abort(context, BadRequest(message))
+            await abort(context, BadRequest(message))
 
     async def _streamed(self, request: Any, client: str) -> Any:
         access = Access("grpc", "ModelStreamInfer", _STREAM_PATH, client, self.ids.choose(request.id or None))
@@ -144,14 +143,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             )
         except ServeError as error:
             note_status(error.status)
-            _finish(access, grpc.StatusCode[error.grpc_code])
+            finish(access, grpc.StatusCode[error.grpc_code])
             failed = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
             return pb.ModelStreamInferResponse(error_message=error.message, infer_response=failed)
         except BaseException as exc:  # the stream ended early (cancelled), or a bug (UNKNOWN)
             cancelled = isinstance(exc, asyncio.CancelledError)
-            _finish(access, grpc.StatusCode.CANCELLED if cancelled else grpc.StatusCode.UNKNOWN)
+            finish(access, grpc.StatusCode.CANCELLED if cancelled else grpc.StatusCode.UNKNOWN)
             raise
-        _finish(access, grpc.StatusCode.OK)
+        finish(access, grpc.StatusCode.OK)
         return response
 
     async def _accounted(self, request: Any, *, streamed: bool) -> Any:
@@ -174,7 +173,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
 
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if request.repository_name:
-            await _abort(context, _unknown_repository(request.repository_name))
+            await abort(context, _unknown_repository(request.repository_name))
         models = repository.index(self.runtime, ready_only=request.ready)
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**m) for m in models])
 
@@ -187,7 +186,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
                 self.runtime, request.model_name, lambda: _parameters(request.parameters), _asker(context)
             )
         except ServeError as error:
-            await _abort(context, error)
+            await abort(context, error)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -197,7 +196,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
                 raise _unknown_repository(request.repository_name)
             await repository.unload(self.runtime, request.model_name, _asker(context))
         except ServeError as error:
-            await _abort(context, error)
+            await abort(context, error)
         return pb.RepositoryModelUnloadResponse()
 
     async def _infer(self, request: Any, served: ServedModel, *, streamed: bool) -> Any:
@@ -221,7 +220,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
 
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-_HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _STREAM_PATH = f"/{_SERVICE}/ModelStreamInfer"
 
 
@@ -293,116 +291,6 @@ def _outputs(requested: Sequence[Any]) -> list[RequestedOutput] | None:
     return outputs or None
 
 
-async def _abort(
-    context: grpc.aio.ServicerContext, error: ServeError, code: grpc.StatusCode | None = None
-) -> NoReturn:
-    """Ends the call with the error's own row of the error table (code, and status for the log),
-    or with ``code`` where gRPC has a better one than the table's."""
-    note_status(error.status)
-    await context.abort(code or grpc.StatusCode[error.grpc_code], error.message)
-    raise AssertionError("abort() raises")  # pragma: no cover
-
-
-# The HTTP status of the codes no domain error answers with, for access lines (an abort notes
-# its error's own status first).
-_HTTP_EQUIVALENT = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-}
-
-
-class UnaryCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Every unary call (every RPC but Triton's streaming one): its message received within
-    the body budget (``grpc_intake``), and its access line, refusals included."""
-
-    def __init__(self, intake: MessageIntake) -> None:
-        self.intake = intake
-        self.ids = RequestIds()
-
-    async def intercept_service(
-        self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
-    ) -> Any:
-        handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        # stream-unary, the same on the wire: grpc does not read the message before it is asked
-        return grpc.stream_unary_rpc_method_handler(
-            self._logged(handler.unary_unary, handler.request_deserializer, details),
-            request_deserializer=None,
-            response_serializer=handler.response_serializer,
-        )
-
-    def _logged(
-        self, behaviour: Callable[..., Any], parse: Callable[[bytes], Any], details: grpc.HandlerCallDetails
-    ) -> Callable[..., Any]:
-        path: str = details.method
-        method = path.rsplit("/", 1)[-1]
-        kind = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)  # FromString's class
-        kind_name = getattr(kind, "full_name", "protobuf")
-        queued = not path.startswith(f"/{_HEALTH}/")  # a probe never waits behind large messages
-        given = next(
-            (value for key, value in details.invocation_metadata or () if key == "x-request-id"), None
-        )
-
-        async def logged(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
-            peer = context.peer()
-            access = Access("grpc", method, path, peer.partition(":")[2] or peer, self.ids.choose(given))
-            access.begin()
-            try:
-                response = await self._answer(requests, context, behaviour, parse, kind_name, queued)
-            except asyncio.CancelledError as cancelled:  # the client cancelled, or its deadline passed
-                _finish(access, grpc.StatusCode.CANCELLED)
-                _forget_locals(cancelled)
-                raise
-            except BaseException as ended:  # an abort (its code is set) or a bug (UNKNOWN)
-                _finish(access, context.code() or grpc.StatusCode.UNKNOWN)
-                _forget_locals(ended)
-                raise
-            _finish(access, context.code() or grpc.StatusCode.OK)
-            return response
-
-        return logged
-
-    async def _answer(
-        self,
-        requests: AsyncIterator[bytes],
-        context: grpc.aio.ServicerContext,
-        behaviour: Callable[..., Any],
-        parse: Callable[[bytes], Any],
-        kind: str,
-        queued: bool,
-    ) -> Any:
-        try:
-            async with self.intake.message(requests, parse, kind, queued=queued) as request:
-                answer = behaviour(request, context)
-                return await answer if inspect.isawaitable(answer) else answer
-        except QueueFull as busy:  # gRPC's code for a quota used up: the body budget
-            await _abort(context, busy, grpc.StatusCode.RESOURCE_EXHAUSTED)
-        except ServeError as error:  # the message: missing, malformed, too slow
-            await _abort(context, error)
-
-
-def _forget_locals(error: BaseException) -> None:
-    """Clears the locals of the finished frames in the tracebacks of ``error`` and of the errors
-    it was raised while handling: grpc keeps an aborted call's exception in a reference cycle,
-    whose frames held the request message (19 MB each in a burst) until the next full garbage
-    collection, which a served process rarely runs."""
-    seen: set[int] = set()
-    link: BaseException | None = error
-    while link is not None and id(link) not in seen:
-        seen.add(id(link))
-        traceback.clear_frames(link.__traceback__)
-        link = link.__context__
-
-
-def _finish(access: Access, code: grpc.StatusCode) -> None:
-    access.code = code.name
-    if access.status is None or code in _HTTP_EQUIVALENT:
-        access.status = _HTTP_EQUIVALENT.get(code, 500)
-    access.finish()
-
-
 @dataclass(frozen=True)
 class GrpcDoor:
     """The started gRPC server, its bound port and its health service (ended first at stop)."""
@@ -431,7 +319,7 @@ async def start_grpc(runtime: Runtime, host: str, port: int) -> GrpcDoor:
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(runtime), server)
     health = Health(runtime)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    enable_reflection(server, [_SERVICE, _HEALTH])
+    enable_reflection(server, [_SERVICE, HEALTH_SERVICE])
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
