@@ -230,7 +230,8 @@ class ServerSpec(_Frozen):
     admin_token: str | None = Field(
         None,
         repr=False,
-        description="Bearer token of reload and rollback; unset: a random one, logged once at start",
+        description="Bearer token of the admin routes (reload, rollback, v2 repository load and unload); "
+        "unset: a random one, logged once at start",
     )
     access_log: bool = Field(
         True, description="one line per request or gRPC call on logger service.access (audit lines always)"
@@ -328,25 +329,10 @@ def build_config(
     return _resolve_paths(config, base_dir)
 
 
-_SERVER_ENV = {
-    "MAX_BODY_BYTES": "max_body_bytes",
-    "MAX_HEADER_BYTES": "max_header_bytes",
-    "HEADER_TIMEOUT_S": "header_timeout_s",
-    "KEEP_ALIVE_TIMEOUT_S": "keep_alive_timeout_s",
-    "MAX_CONNECTIONS": "max_connections",
-    "MAX_IMAGE_PIXELS": "max_image_pixels",
-    "MAX_IMAGES_PER_REQUEST": "max_images_per_request",
-    "REQUEST_TIMEOUT_S": "request_timeout_s",
-    "DRAIN_GRACE_S": "drain_grace_s",
-    "TORCH_THREADS": "torch_threads",
-    "LOG_FORMAT": "log_format",
-    "ADMIN_TOKEN": "admin_token",
-    "GRPC_PORT": "grpc_port",
-    "ACCESS_LOG": "access_log",
-    "MAX_INFLIGHT_PIXELS": "max_inflight_pixels",
-    "MAX_INFLIGHT_BODY_BYTES": "max_inflight_body_bytes",
-    "MAX_DECODE_SECONDS_PER_REQUEST": "max_decode_seconds_per_request",
-}
+# Every server key has a MODEL_SERVE_<KEY> override but those of the watcher's timing, which
+# belong with the models' own ``watch`` in the config file.
+_CONFIG_FILE_ONLY = {"watch_interval_s", "watch_quiet_s"}
+_SERVER_ENV = {key.upper(): key for key in ServerSpec.model_fields if key not in _CONFIG_FILE_ONLY}
 # An environment value that stands for a config ``null`` (e.g. MODEL_SERVE_GRPC_PORT=off).
 _NULL_WORDS = {"null", "none", "off"}
 
