@@ -5,8 +5,9 @@ A file is read whole when it is small: the strongest check, since the version, t
 ``.sha256`` and the format's own checksums are all judged on the one copy that is loaded.
 From ``MAPPED_BYTES`` on, holding that copy beside the tensors doubles the memory a load needs,
 so the file is hashed and checked streaming from disk, then mapped (a ``torch.save`` zip with
-``torch.load(mmap=True)``, safetensors tensor by tensor); its identity (mtime, size, inode) is
-taken before and after, and a file rewritten or replaced meanwhile is refused, as for folders.
+``torch.load(mmap=True)``, weights only unless ``trust_pickle``; safetensors tensor by tensor);
+its identity (mtime, size, inode) is taken before and after, and a file rewritten or replaced
+meanwhile is refused, as for folders.
 The legacy (non-zip) ``torch.save`` format cannot be mapped and is always read whole.
 """
 
